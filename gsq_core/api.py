@@ -1,0 +1,45 @@
+"""Entry points: load a trained tokenizer by path or name, or build an untrained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import tokenizer_from_file
+from .config import TokenizerConfig
+from .errors import CheckpointError
+from .model import GSQTokenizer
+from .registry import CHECKPOINTS, PRESETS, preset_config
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """A checkpoint path: an existing file, or the packaged file of a named checkpoint."""
+    text = str(path_or_name)
+    if text in CHECKPOINTS and not Path(text).exists():
+        path = CHECKPOINTS[text]
+        if not path.is_file():
+            raise CheckpointError(f"the named checkpoint {text!r} is not installed (expected {path})")
+        return path
+    path = Path(text)
+    if not path.exists():
+        hint = f"; {text!r} is a preset config (untrained): use build_tokenizer({text!r})" if text.lower() in PRESETS else ""
+        raise CheckpointError(
+            f"{text}: no such checkpoint file, and not a named checkpoint ({', '.join(CHECKPOINTS)}){hint}"
+        )
+    if path.is_dir():
+        raise CheckpointError(f"{text}: is a directory, not a checkpoint file")
+    return path
+
+
+def load_tokenizer(path_or_name: str | Path, device: str | torch.device = "cpu") -> GSQTokenizer:
+    """Load a trained tokenizer (eval mode) from a native .safetensors, an upstream .pt, or a name."""
+    return tokenizer_from_file(resolve_checkpoint(path_or_name), device=device)
+
+
+def build_tokenizer(preset_or_config: str | TokenizerConfig, seed: int | None = None) -> GSQTokenizer:
+    """A freshly initialised (untrained) tokenizer from a preset name or a config."""
+    config = preset_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if seed is not None:
+        torch.manual_seed(seed)
+    return GSQTokenizer(config)

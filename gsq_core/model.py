@@ -1,0 +1,122 @@
+"""GSQTokenizer: encoder -> quantizer -> decoder, the eager reference of this toolkit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TokenizerConfig
+from .decoder import Decoder
+from .encoder import Encoder
+from .errors import InputError
+from .quantizers import CodebookQuantizer, build_quantizer
+
+
+@dataclass
+class TokenizerOutput:
+    """What one training forward pass produces."""
+
+    reconstruction: torch.Tensor  # [B, 3, H, W]
+    codes: torch.Tensor
+    quantizer_loss: torch.Tensor
+    latent: torch.Tensor  # encoder output before quantization
+
+
+class GSQTokenizer(nn.Module):
+    """Image tokenizer. Images are float [B,3,H,W] in [-1, 1] (uint8 / 127.5 - 1)."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.encoder = Encoder(config)
+        self.quantizer: CodebookQuantizer = build_quantizer(config.quantizer)
+        self.decoder = Decoder(config)
+
+    # -- shape facts ---------------------------------------------------------------------------
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / token grid side."""
+        return self.config.downsample_factor
+
+    @property
+    def num_embed(self) -> int:
+        """Codebook size V: token ids lie in [0, V)."""
+        return self.quantizer.num_embed
+
+    @property
+    def num_group(self) -> int:
+        """Tokens per spatial position G."""
+        return self.quantizer.num_group
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an image of the given size."""
+        f = self.downsample_factor
+        return height // f, width // f
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise InputError unless images are a finite float batch [B, C, H, W] with H, W divisible by f."""
+        channels = self.config.input_channels
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != channels:
+            raise InputError(f"images must have shape [B, {channels}, H, W], got {list(images.shape)}")
+        if not images.dtype.is_floating_point:
+            raise InputError(f"images must be floating point in [-1, 1] (uint8 / 127.5 - 1), got dtype {images.dtype}")
+        height, width = images.shape[-2:]
+        f = self.downsample_factor
+        if height % f or width % f or height == 0 or width == 0:
+            raise InputError(f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or infinite values")
+
+    # -- inference -----------------------------------------------------------------------------
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder output before quantization, [B, D, H/f, W/f]."""
+        self.check_images(images)
+        return self.encoder(images.to(self._dtype))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> int64 token ids [B, h, w, G] ([B, h, w] for plain VQ); deterministic."""
+        return self.quantizer.codes(self.encode_latent(images))
+
+    @torch.no_grad()
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """Token ids -> quantized latent [B, D, h, w] (raw codebook rows)."""
+        return self.quantizer.codes_to_latent(torch.as_tensor(codes, device=self.quantizer.codebook.weight.device))
+
+    def decode_latent(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized latent -> images [B, 3, H, W] (unclipped)."""
+        return self.decoder(quantized.to(self._dtype))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Token ids -> images [B, 3, H, W] (unclipped floats; clamp to [-1, 1] for display)."""
+        return self.decode_latent(self.codes_to_latent(codes))
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        """Training pass: reconstruction with straight-through quantization and the quantizer loss."""
+        latent = self.encode_latent(images)
+        quantized = self.quantizer(latent)
+        reconstruction = self.decoder(quantized.quantized)
+        return TokenizerOutput(reconstruction, quantized.codes, quantized.loss, latent)
+
+    def reconstruction_loss(self, images: torch.Tensor, output: TokenizerOutput) -> torch.Tensor:
+        """Mean squared error plus the weighted quantizer loss (the upstream generator objective)."""
+        return F.mse_loss(output.reconstruction, images) + self.config.quantizer_aux_loss_weight * output.quantizer_loss
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a native checkpoint (.safetensors with the config in its metadata), atomically."""
+        from .checkpoint import save_native
+
+        return save_native(self, path, overwrite=overwrite)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.encoder.conv_in.weight.dtype

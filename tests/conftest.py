@@ -1,0 +1,23 @@
+"""Shared test fixtures: conformance vectors, small models, real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FLEXGEN = FIXTURES / "flexgen"
+CONFORMANCE_MODELS = ("gsq_f8_magvit", "vq_f16_attn")
+CONFORMANCE_SIZES = ("64x64", "96x128")
+
+
+@pytest.fixture(scope="session")
+def flexgen_dir() -> Path:
+    return FLEXGEN
+
+
+def expected_vectors(name: str) -> dict[str, np.ndarray]:
+    with np.load(FLEXGEN / f"{name}.expected.npz") as data:
+        return {k: data[k] for k in data.files}
