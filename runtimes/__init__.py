@@ -14,8 +14,8 @@ from .base import TokenizerRuntime
 
 # backend name -> "module:class"; a new backend is one new module plus one line here.
 BACKENDS: dict[str, str] = {
-    "torch": "runtimes.torch_backend:TorchRuntime",
-    "onnx": "runtimes.onnx_backend:OnnxRuntime",
+    "torch": "runtimes.torch:TorchRuntime",
+    "onnx": "runtimes.onnx:OnnxRuntime",
 }
 
 
