@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from gsq_core.errors import InputError
+
 
 class TokenizerRuntime(ABC):
     """A loaded tokenizer on some backend.
@@ -36,3 +38,47 @@ class TokenizerRuntime(ABC):
 
     def close(self) -> None:
         """Release sessions / device memory (optional)."""
+
+
+def check_images(images: np.ndarray, downsample_factor: int, channels: int = 3) -> np.ndarray:
+    """float32 [B, C, H, W] with H, W positive multiples of the factor and finite values, else InputError."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise InputError(f"images must have shape [B, {channels}, H, W], got {list(images.shape)}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputError(f"images must be floating point in [-1, 1] (uint8 / 127.5 - 1), got dtype {images.dtype}")
+    height, width = images.shape[2:]
+    if height == 0 or width == 0 or height % downsample_factor or width % downsample_factor:
+        raise InputError(
+            f"image size {height}x{width} is not a positive multiple of the downsampling factor {downsample_factor}"
+        )
+    if not np.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def check_codes(
+    codes: np.ndarray, num_embed: int, num_group: int, token_layout: str, adaptive_norm: bool = False
+) -> np.ndarray:
+    """int64 token ids of the layout's shape with every id in [0, V), else InputError.
+
+    adaptive_norm: the decoder normalises with the latent's variance over positions, so a 1x1
+    token grid has none (it would decode to NaN) and is refused.
+    """
+    codes = np.asarray(codes)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise InputError(f"token ids must be integers, got dtype {codes.dtype}")
+    grouped = token_layout == "BHWG"
+    if codes.ndim != (4 if grouped else 3) or (grouped and codes.shape[-1] != num_group):
+        layout = f"[N, h, w, {num_group}]" if grouped else "[N, h, w]"
+        raise InputError(f"token ids must have shape {layout} for this model, got {list(codes.shape)}")
+    if codes.shape[1] == 0 or codes.shape[2] == 0:
+        raise InputError(f"token grid {codes.shape[1]}x{codes.shape[2]} is empty")
+    if adaptive_norm and codes.shape[1] * codes.shape[2] < 2:
+        raise InputError("a 1x1 token grid cannot be decoded: this model's adaptive group norm needs at least 2 tokens")
+    if codes.size:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= num_embed:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside [0, {num_embed}) (codebook size {num_embed})")
+    return np.ascontiguousarray(codes, dtype=np.int64)

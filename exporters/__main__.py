@@ -1,0 +1,5 @@
+"""`python -m exporters` is `gsq-export`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""Real images for export validation: scikit-image's bundled sample photos, or a folder of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gsq_core.errors import InputError
+from gsq_core.images import IMAGE_SUFFIXES, uint8_to_float
+
+# Colour photos bundled with scikit-image (no download): portrait, food, animal, outdoor scene.
+SAMPLE_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket")
+MAX_CALIBRATION_IMAGES = 8
+
+
+def sample_photos() -> list[tuple[str, np.ndarray]]:
+    """scikit-image sample photos as (name, uint8 [H, W, 3])."""
+    import skimage.data
+
+    return [(name, np.asarray(getattr(skimage.data, name)())[..., :3]) for name in SAMPLE_PHOTOS]
+
+
+def folder_images(folder: str | Path, limit: int = MAX_CALIBRATION_IMAGES) -> list[tuple[str, np.ndarray]]:
+    """Up to `limit` images of a folder (sorted), as (file name, uint8 [H, W, 3])."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: calibration image folder does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) to validate with")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append((path.name, np.asarray(image.convert("RGB"), dtype=np.uint8)))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            raise InputError(f"{path}: cannot decode calibration image: {error}") from None
+    return images
+
+
+def fit_to_size(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Center-crop uint8 [H, W, 3] to the target aspect ratio, resize (bicubic) to HxW; float [3, H, W]."""
+    from PIL import Image
+
+    source_height, source_width = pixels.shape[:2]
+    scale = min(source_height / height, source_width / width)
+    crop_height, crop_width = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (source_height - crop_height) // 2, (source_width - crop_width) // 2
+    cropped = Image.fromarray(pixels[top : top + crop_height, left : left + crop_width])
+    resized = cropped.resize((width, height), Image.Resampling.BICUBIC)
+    return uint8_to_float(np.asarray(resized, dtype=np.uint8))
+
+
+def multiple_of(value: int, factor: int) -> int:
+    """value rounded to a multiple of factor, at least 2 * factor (a token grid of >= 2 per side)."""
+    return max(2 * factor, round(value / factor) * factor)
+
+
+def validation_batches(
+    photos: list[tuple[str, np.ndarray]],
+    factor: int,
+    batch_size: int | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> list[np.ndarray]:
+    """Float32 batches [B, 3, H, W] to validate with.
+
+    Fixed shape (static export): one batch of exactly batch_size images of image_size, photos
+    repeated when there are fewer. Dynamic export: all photos at a square size, then one photo at a
+    non-square size, so batch, height and width all differ from the shapes the graph was traced at.
+    """
+    if image_size is not None:
+        count = batch_size or 1
+        chosen = [photos[i % len(photos)][1] for i in range(count)]
+        return [np.stack([fit_to_size(p, *image_size) for p in chosen])]
+    square = multiple_of(96, factor)
+    wide = (multiple_of(80, factor), multiple_of(144, factor))
+    return [
+        np.stack([fit_to_size(p, square, square) for _, p in photos]),
+        fit_to_size(photos[0][1], *wide)[None],
+    ]

@@ -1,0 +1,164 @@
+"""`gsq-export`: export a checkpoint to deployable graphs, validate them against eager, summarise.
+
+gsq-export --ckpt model.pt --target onnx --out out/model-onnx
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gsq_core.errors import GSQError
+
+from . import ExportError, ExportValidationError
+from .staging import StageLog, check_destination
+
+# target name -> "module:function"; a new target is one module plus one line here.
+TARGETS: dict[str, str] = {"onnx": "exporters.onnx:export_onnx"}
+PLANNED_TARGETS: tuple[str, ...] = ("tensorrt", "openvino", "triton")
+GRAPH_CHOICES = ("encoder", "quantizer", "decoder", "tokenize", "detokenize")
+EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", "checkpoint", required=True, help="Checkpoint: upstream .pt, native .safetensors, or a name.")
+@click.option("--target", default="onnx", show_default=True, help=f"Export target ({', '.join(TARGETS)}).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory to write.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
+@click.option("--dynamic/--static", default=True, show_default=True, help="Symbolic batch/height/width, or fixed.")
+@click.option("--batch-size", type=int, default=None, help="Fixed batch size (with --static; default 1).")
+@click.option("--image-size", default=None, help="Fixed image size HxW (with --static).")
+@click.option(
+    "--graphs",
+    multiple=True,
+    help=f"Graphs to write, repeated or comma-separated (default: all of {', '.join(GRAPH_CHOICES)}).",
+)
+@click.option("--validate/--no-validate", default=True, show_default=True, help="Compare every graph with eager.")
+@click.option(
+    "--calib-images", type=click.Path(path_type=Path), default=None, help="Folder of images to validate with."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+def export_command(
+    checkpoint: str,
+    target: str,
+    out_dir: Path,
+    opset: int,
+    dynamic: bool,
+    batch_size: int | None,
+    image_size: str | None,
+    graphs: tuple[str, ...],
+    validate: bool,
+    calib_images: Path | None,
+    overwrite: bool,
+) -> None:
+    """Export a GSQ tokenizer checkpoint (e.g. --target onnx) and validate it against eager PyTorch."""
+    from gsq_core.images import parse_size
+
+    from . import select_graphs
+
+    export = _target_function(target)
+    size = parse_size(image_size) if image_size else None
+    check_destination(out_dir, overwrite)  # before the slow part
+    names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_CHOICES)
+    names = select_graphs(names)  # unknown names fail here, before the checkpoint loads
+    log = StageLog()
+    from gsq_core.api import load_tokenizer, resolve_checkpoint
+    from gsq_core.checkpoint import config_summary
+
+    from .manifest import file_checksum
+
+    model = load_tokenizer(checkpoint)
+    source = {"checkpoint": str(checkpoint), "sha256": file_checksum(resolve_checkpoint(checkpoint))["sha256"]}
+    log.done(f"loaded {checkpoint}: {config_summary(model.config)}")
+    try:
+        manifest = export(
+            model,
+            out_dir,
+            opset=opset,
+            dynamic=dynamic,
+            image_size=size,
+            batch_size=batch_size,
+            graphs=names,
+            validate=validate,
+            calib_images=calib_images,
+            overwrite=overwrite,
+            progress=True,
+            source=source,
+        )
+    except ExportValidationError as error:
+        print_summary(error.manifest, out_dir)
+        raise
+    print_summary(manifest, out_dir)
+
+
+def print_summary(manifest: dict[str, Any], out_dir: Path) -> None:
+    """One table: every graph, its I/O, size and how it compares with eager."""
+    from rich.console import Console
+    from rich.table import Table
+
+    validation = manifest.get("validation") or {}
+    results = validation.get("graphs", {})
+    table = Table(title=f"{manifest['target']} export -> {out_dir} ({manifest['precision']})")
+    for column in ("graph", "inputs", "outputs", "MB", "against eager", "status"):
+        table.add_column(column, justify="right" if column == "MB" else "left")
+    for name, entry in manifest["graphs"].items():
+        result = results.get(name)
+        status = (
+            "not validated" if result is None else ("[green]pass[/green]" if result["passed"] else "[red]FAIL[/red]")
+        )
+        table.add_row(
+            entry["file"],
+            _io_text(entry["inputs"]),
+            _io_text(entry["outputs"]),
+            f"{manifest['files'][entry['file']]['size'] / 1e6:.1f}",
+            _fidelity_text(result) if result else "-",
+            status,
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _io_text(tensors: list[dict[str, Any]]) -> str:
+    from rich.markup import escape
+
+    return escape(", ".join(f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]" for t in tensors))
+
+
+def _fidelity_text(result: dict[str, Any]) -> str:
+    if "latent_relative_error" in result:
+        return f"latent rel. err {result['latent_relative_error']:.1e}"
+    if result.get("errors"):
+        return "error: " + result["errors"][0]
+    if "token_agreement" in result:
+        return f"tokens {result['token_agreement']:.2%} same, max gap {result['max_score_gap']:.1e}"
+    psnr_db = result.get("recon_psnr_db")
+    return "recon identical" if psnr_db is None else f"recon PSNR {psnr_db:.1f} dB"
+
+
+def _target_function(target: str):
+    if target in PLANNED_TARGETS:
+        raise ExportError(f"target {target!r} is not available yet in this version; available: {', '.join(TARGETS)}")
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
+    module_name, function_name = TARGETS[target].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def main() -> None:
+    """Console entry (`gsq-export`): one-line errors and a non-zero exit, no tracebacks, for user mistakes."""
+    try:
+        export_command(standalone_mode=False, prog_name="gsq-export")
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ExportValidationError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_VALIDATION_FAILED)
+    except (GSQError, FileExistsError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_ERROR)

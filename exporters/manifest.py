@@ -1,0 +1,106 @@
+"""manifest.json of an artifact directory: what is inside, shapes, precision, checksums, validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gsq_core.model import GSQTokenizer
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "gsq-deploy-artifact"
+MANIFEST_FORMAT_VERSION = 1
+
+
+def file_checksum(path: str | Path) -> dict[str, Any]:
+    """{'sha256': hex digest, 'size': bytes} of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "size": os.path.getsize(path)}
+
+
+def model_facts(model: GSQTokenizer) -> dict[str, Any]:
+    """Model facts every runtime needs without loading the checkpoint."""
+    from .graphs import lookup_bias
+
+    quantizer = model.quantizer
+    return {
+        "config": model.config.to_dict(),
+        "num_embed": model.num_embed,
+        "num_group": model.num_group,
+        "group_dim": quantizer.group_dim,
+        "embed_dim": model.config.embedding_dim,
+        "input_channels": model.config.input_channels,
+        "downsample_factor": model.downsample_factor,
+        "token_layout": "BHWG" if quantizer.has_group_axis else "BHW",
+        "lookup": {
+            "normalization": quantizer.config.lookup_normalization,
+            # score = normalize(x) . c (+ bias -|c|^2/2 when "bias"), argmax over codes.
+            "bias": lookup_bias(model) is not None,
+            "ties": "lowest index",
+        },
+        "image_range": [-1.0, 1.0],
+    }
+
+
+def build_manifest(
+    model: GSQTokenizer,
+    *,
+    target: str,
+    precision: str,
+    exporter_version: str,
+    graphs: dict[str, dict[str, Any]],
+    artifact_dir: Path,
+    shapes: dict[str, Any],
+    source: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the manifest; checksums are taken of every graph file now in artifact_dir."""
+    import onnx
+    import torch
+
+    files = {entry["file"]: file_checksum(artifact_dir / entry["file"]) for entry in graphs.values()}
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "exporter_version": exporter_version,
+        "target": target,
+        "precision": precision,
+        **model_facts(model),
+        "shapes": shapes,
+        "graphs": graphs,
+        "files": files,
+        "source": source or {},
+        "tools": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+        "validation": validation,
+    }
+
+
+def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write manifest.json atomically (tmp file + rename)."""
+    path = Path(artifact_dir) / MANIFEST_NAME
+    handle, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(manifest, out, indent=2, sort_keys=False, allow_nan=False)
+            out.write("\n")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

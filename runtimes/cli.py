@@ -1,0 +1,255 @@
+"""The command line every runtime module shares: `python -m runtimes.<backend> encode|decode ...`.
+
+    encode --model M --output tokens.npz [--batch-size N] [--resize HxW] IMAGE_OR_DIR...
+        writes `codes` (int64 [N,h,w,G], [N,h,w] for plain VQ) and `paths` (input order kept)
+    decode --model M --tokens tokens.npz --output OUTDIR
+        writes OUTDIR/<input stem>.png in the same order
+
+Bad input ends in one line `error: <file>: <problem>` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+import numpy as np
+
+from gsq_core.errors import GSQError, InputError
+from gsq_core.images import expand_image_paths, parse_size, read_image, write_image
+
+from . import load_runtime
+from .base import TokenizerRuntime, check_codes
+
+PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images
+EXIT_ERROR = 2
+
+
+def run_cli(backend: str, model_help: str, options: Sequence[Callable]) -> None:
+    """Build the encode/decode group for one backend and run it with one-line errors."""
+    group = build_cli(backend, model_help, options)
+    try:
+        group(standalone_mode=False, prog_name=f"python -m runtimes.{backend}")
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (GSQError, FileExistsError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> click.Group:
+    """A click group with encode and decode; `options` are the backend's own (provider, device...)."""
+
+    def backend_options(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    @click.group(help=f"Tokenize images with the {backend} runtime, and decode tokens back to images.")
+    def group() -> None:
+        pass
+
+    @group.command(help="Encode images (files or folders) to token ids in one .npz file.")
+    @click.option("--model", required=True, help=model_help)
+    @click.option("--output", required=True, type=click.Path(path_type=Path), help="The tokens .npz to write.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+    @click.option("--resize", default=None, help="Resize every image to HxW (multiples of the downsampling factor).")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+    @backend_options
+    @click.argument("images", nargs=-1, required=True)
+    def encode(
+        model: str,
+        output: Path,
+        batch_size: int,
+        resize: str | None,
+        overwrite: bool,
+        images: tuple[str, ...],
+        **backend_kwargs: Any,
+    ) -> None:
+        size = parse_size(resize) if resize else None
+        paths = expand_image_paths(images)
+        if output.exists() and not overwrite:
+            raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it")
+        runtime = load_runtime(backend, model, **backend_kwargs)
+        codes = encode_files(runtime, paths, batch_size, size)
+        save_tokens(output, codes, paths, runtime.info)
+        click.echo(f"encoded {len(paths)} images -> tokens {list(codes.shape)} in {output}")
+
+    @group.command(help="Decode the token ids of a .npz file to PNG images, one per input image.")
+    @click.option("--model", required=True, help=model_help)
+    @click.option("--tokens", required=True, type=click.Path(path_type=Path), help="A .npz written by encode.")
+    @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNG images.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+    @click.option("--overwrite", is_flag=True, help="Replace existing images in the output folder.")
+    @backend_options
+    def decode(model: str, tokens: Path, output: Path, batch_size: int, overwrite: bool, **backend_kwargs: Any) -> None:
+        codes, names = load_tokens(tokens)
+        targets = [output / f"{name}.png" for name in names]
+        existing = [target for target in targets if target.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{existing[0]}: already exists ({len(existing)} of {len(targets)} outputs do); pass --overwrite"
+            )
+        if output.exists() and not output.is_dir():
+            raise FileExistsError(f"{output}: exists and is not a folder")
+        runtime = load_runtime(backend, model, **backend_kwargs)
+        try:
+            check_tokens_for_model(tokens, codes, runtime)
+            decode_to_files(runtime, codes, targets, batch_size)
+        except InputError as error:
+            raise InputError(f"{tokens}: {error}") from None
+        click.echo(f"decoded {len(targets)} images to {output}")
+
+    return group
+
+
+# -- encode ------------------------------------------------------------------------------------------
+def encode_files(
+    runtime: TokenizerRuntime, paths: list[Path], batch_size: int, size: tuple[int, int] | None
+) -> np.ndarray:
+    """Check every image's header first, then decode and encode in batches; int64 codes in input order."""
+    factor = int(runtime.info["downsample_factor"])
+    if size is not None and (size[0] % factor or size[1] % factor):
+        raise InputError(f"--resize {size[0]}x{size[1]} is not a multiple of the downsampling factor {factor}")
+    check_image_headers(paths, factor, resize=size is not None)
+    chunks = []
+    with _progress(len(paths), "encode") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = [read_image(path, size).pixels for path in paths[start : start + batch_size]]
+            chunks.append(runtime.encode(np.stack(batch)))
+            bar.update(len(batch))
+    return np.concatenate(chunks)
+
+
+def check_image_headers(paths: list[Path], factor: int, resize: bool) -> None:
+    """Fail fast, before any decoding: unreadable files, mixed sizes, sizes not divisible by factor.
+
+    Prints a notice for each image that is not RGB (grayscale, RGBA, palette...): it is converted.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    first: tuple[Path, tuple[int, int]] | None = None
+    for path in paths:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                shape, mode = (image.height, image.width), image.mode
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory, not an image") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            raise InputError(f"{path}: cannot decode image (corrupt, truncated or not an image): {error}") from None
+        if mode != "RGB":
+            click.echo(f"note: {path}: converted {mode} to RGB", err=True)
+        if resize:
+            continue
+        if first is None:
+            first = (path, shape)
+            if shape[0] % factor or shape[1] % factor:
+                raise InputError(
+                    f"{path}: size {shape[0]}x{shape[1]} is not a multiple of the downsampling factor {factor}; "
+                    f"pass --resize HxW with multiples of {factor}"
+                )
+        elif shape != first[1]:
+            raise InputError(
+                f"{path}: size {shape[0]}x{shape[1]} differs from {first[0]} ({first[1][0]}x{first[1][1]}); "
+                "pass --resize HxW to encode images of different sizes"
+            )
+
+
+def save_tokens(output: Path, codes: np.ndarray, paths: list[Path], info: dict[str, Any]) -> None:
+    """Write codes, paths and the model facts they depend on to a .npz, atomically."""
+    arrays = {
+        "codes": np.asarray(codes, dtype=np.int64),
+        "paths": np.array([str(path) for path in paths]),
+        "num_embed": np.int64(info["num_embed"]),
+        "num_group": np.int64(info["num_group"]),
+        "downsample_factor": np.int64(info["downsample_factor"]),
+        "token_layout": np.array(info["token_layout"]),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- decode ------------------------------------------------------------------------------------------
+def load_tokens(path: Path) -> tuple[np.ndarray, list[str]]:
+    """codes and output names (input stems, else image_0000...) from a tokens .npz."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such tokens file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+        raise InputError(f"{path}: not a readable .npz tokens file ({error})") from None
+    if "codes" not in arrays:
+        raise InputError(f"{path}: has no 'codes' array (found: {', '.join(arrays) or 'nothing'})")
+    codes = arrays["codes"]
+    if codes.ndim < 3:
+        raise InputError(f"{path}: codes have shape {list(codes.shape)}; expected [N, h, w, G] or [N, h, w]")
+    if "paths" in arrays:
+        paths = [str(p) for p in np.atleast_1d(arrays["paths"])]
+        if len(paths) != codes.shape[0]:
+            raise InputError(f"{path}: {len(paths)} paths for {codes.shape[0]} token grids")
+        names = [Path(p).stem for p in paths]
+    else:
+        names = [f"image_{index:04d}" for index in range(codes.shape[0])]
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise InputError(
+                f"{path}: inputs {seen[name]} and {index} share the name {name!r}; "
+                "their images would overwrite each other"
+            )
+        seen[name] = index
+    return codes, names
+
+
+def check_tokens_for_model(path: Path, codes: np.ndarray, runtime: TokenizerRuntime) -> None:
+    """Refuse tokens made by a different model, or ids / shapes this model cannot decode."""
+    info = runtime.info
+    with np.load(path, allow_pickle=False) as data:
+        for key in ("num_embed", "num_group", "downsample_factor"):
+            if key in data.files and int(data[key]) != int(info[key]):
+                raise InputError(f"tokens were made with {key}={int(data[key])}, this model has {info[key]}")
+    check_codes(codes, int(info["num_embed"]), int(info["num_group"]), str(info["token_layout"]))
+
+
+def decode_to_files(runtime: TokenizerRuntime, codes: np.ndarray, targets: list[Path], batch_size: int) -> None:
+    """Decode in batches and write one PNG per token grid (clipped to [-1, 1], 8-bit), atomically."""
+    with _progress(len(targets), "decode") as bar:
+        for start in range(0, len(targets), batch_size):
+            images = runtime.decode(codes[start : start + batch_size])
+            for image, target in zip(images, targets[start : start + batch_size], strict=True):
+                write_image(target, image, overwrite=True)
+            bar.update(images.shape[0])
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A tqdm bar on stderr above PROGRESS_MIN_IMAGES images; erased when the work fails."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="img", disable=total <= PROGRESS_MIN_IMAGES, file=sys.stderr)
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False  # so the error message stands alone
+        raise
+    finally:
+        bar.close()

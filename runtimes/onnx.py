@@ -1,0 +1,207 @@
+"""ONNX Runtime backend: runs an exported artifact directory without torch.
+
+    rt = OnnxRuntime("out/model-onnx", provider="cpu", threads=4)
+    codes = rt.encode(images)        # float32 [B,3,H,W] in [-1, 1] -> int64 [B,h,w,G]
+    images = rt.decode(codes)
+
+CLI: `python -m runtimes.onnx encode|decode --model DIR ...` (see runtimes.cli).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gsq_core.errors import InputError
+
+from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
+from .base import TokenizerRuntime, check_codes, check_images
+
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntime(TokenizerRuntime):
+    """An artifact directory run by ONNX Runtime; one session per graph, created on first use."""
+
+    backend = "onnx"
+
+    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int | None = None):
+        import onnxruntime
+
+        self._ort = onnxruntime
+        self.artifact = load_artifact(model_dir)
+        manifest = self.artifact.manifest
+        if manifest["target"] != "onnx":
+            raise ArtifactError(
+                f"{model_dir}: holds a {manifest['target']!r} export; the onnx runtime needs --target onnx"
+            )
+        validation = manifest.get("validation")
+        if validation is not None and not validation.get("passed", False):
+            reasons = "; ".join(validation.get("failures", [])) or "see manifest.json"
+            raise ArtifactError(f"{model_dir}: this export failed validation against eager ({reasons}); not running it")
+        if provider not in PROVIDERS:
+            raise BackendUnavailableError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        wanted = PROVIDERS[provider][0]
+        available = onnxruntime.get_available_providers()
+        if wanted not in available:
+            raise BackendUnavailableError(
+                f"provider {provider!r} ({wanted}) is not available in this onnxruntime build "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu for cuda/tensorrt or use --provider cpu"
+            )
+        if threads is not None and threads < 1:
+            raise InputError(f"threads={threads} must be >= 1")
+        self.provider = provider
+        self.threads = threads
+        self._providers = [name for name in PROVIDERS[provider] if name in available]
+        self._sessions: dict[str, Any] = {}
+        self._uses_adaptive_norm = bool(manifest.get("config", {}).get("use_adaptive_norm", False))
+
+    # -- interface ---------------------------------------------------------------------------------
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        images = self._check_images(images)
+        graphs = self.artifact.graphs
+        if "tokenize" in graphs:
+            return self._run_batched("tokenize", images)
+        if "encoder" in graphs and "quantizer" in graphs:
+            return self._run_batched("quantizer", self._run_batched("encoder", images))
+        raise ArtifactError(
+            f"{self.artifact.directory}: cannot encode: it needs tokenize.onnx, or encoder.onnx and quantizer.onnx "
+            f"(exported: {', '.join(graphs)}); re-export with --graphs tokenize"
+        )
+
+    def encode_latent(self, images: np.ndarray) -> np.ndarray:
+        return self._run_batched("encoder", self._check_images(images))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        artifact = self.artifact
+        codes = check_codes(
+            codes, artifact.num_embed, artifact.num_group, artifact.token_layout, self._uses_adaptive_norm
+        )
+        _, size = artifact.fixed_shape()
+        factor = artifact.downsample_factor
+        if size is not None and (codes.shape[1] * factor, codes.shape[2] * factor) != size:
+            raise InputError(
+                f"token grid {codes.shape[1]}x{codes.shape[2]} does not match this static export "
+                f"({size[0] // factor}x{size[1] // factor} for {size[0]}x{size[1]} images)"
+            )
+        for name in ("detokenize", "decoder"):
+            if name in artifact.graphs:
+                return self._run_batched(name, codes)
+        raise ArtifactError(
+            f"{artifact.directory}: cannot decode: it needs detokenize.onnx or decoder.onnx "
+            f"(exported: {', '.join(artifact.graphs)}); re-export with --graphs detokenize"
+        )
+
+    @property
+    def info(self) -> dict[str, Any]:
+        manifest = self.artifact.manifest
+        return {
+            "backend": self.backend,
+            "precision": manifest["precision"],
+            "device": self.provider,
+            "providers": self._providers,
+            "threads": self.threads,
+            "num_embed": self.artifact.num_embed,
+            "num_group": self.artifact.num_group,
+            "downsample_factor": self.artifact.downsample_factor,
+            "token_layout": self.artifact.token_layout,
+            "model_dir": str(self.artifact.directory),
+            "graphs": list(self.artifact.graphs),
+            "validated": manifest.get("validation") is not None,
+        }
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def session(self, name: str) -> Any:
+        """The ONNX Runtime session of one graph, created once and reused."""
+        if name not in self._sessions:
+            path = self.artifact.graph_path(name)
+            options = self._ort.SessionOptions()
+            options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            if self.threads is not None:
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+            try:
+                self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self._providers)
+            except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ArtifactError(f"{path}: onnxruntime cannot load it: {first_line}") from None
+        return self._sessions[name]
+
+    def _run(self, name: str, value: np.ndarray) -> np.ndarray:
+        session = self.session(name)
+        input_name = session.get_inputs()[0].name
+        try:
+            if self.provider == "cpu":
+                return session.run(None, {input_name: value})[0]
+            # GPU providers: bind the input once; the output stays on the device until one copy back.
+            binding = session.io_binding()
+            binding.bind_cpu_input(input_name, value)
+            binding.bind_output(session.get_outputs()[0].name, "cuda")
+            session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        except Exception as error:  # onnxruntime's own error types; report them in one line
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: onnxruntime failed: {first_line}") from None
+
+    def _run_batched(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Run a graph; a static export's fixed batch is filled by repeating the last item."""
+        batch, _ = self.artifact.fixed_shape()
+        if batch is None or value.shape[0] == batch:
+            return self._run(name, value)
+        outputs = []
+        for start in range(0, value.shape[0], batch):
+            chunk = value[start : start + batch]
+            count = chunk.shape[0]
+            if count < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
+            outputs.append(self._run(name, chunk)[:count])
+        return np.concatenate(outputs)
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        artifact = self.artifact
+        images = check_images(images, artifact.downsample_factor, int(artifact.manifest.get("input_channels", 3)))
+        _, size = artifact.fixed_shape()
+        if size is not None and tuple(images.shape[2:]) != size:
+            raise InputError(
+                f"image size {images.shape[2]}x{images.shape[3]} does not match this static export "
+                f"({size[0]}x{size[1]}); resize the images (--resize {size[0]}x{size[1]}) or re-export with --dynamic"
+            )
+        return images
+
+
+def main() -> None:
+    """`python -m runtimes.onnx encode|decode ...`."""
+    import click
+
+    from .cli import run_cli
+
+    run_cli(
+        "onnx",
+        model_help="Exported model directory (gsq-export --out).",
+        options=[
+            click.option(
+                "--provider",
+                type=click.Choice(sorted(PROVIDERS)),
+                default="cpu",
+                show_default=True,
+                help="ONNX Runtime execution provider.",
+            ),
+            click.option(
+                "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: ORT's choice)."
+            ),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

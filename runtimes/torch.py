@@ -1,0 +1,83 @@
+"""The eager PyTorch reference behind the runtime interface: a checkpoint, no export needed.
+
+CLI: `python -m runtimes.torch encode|decode --model CKPT ...` (see runtimes.cli).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gsq_core.api import load_tokenizer
+from gsq_core.errors import InputError
+
+from .artifacts import BackendUnavailableError
+from .base import TokenizerRuntime, check_codes, check_images
+
+
+class TorchRuntime(TokenizerRuntime):
+    """GSQTokenizer in fp32 eager mode on a torch device."""
+
+    backend = "torch"
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise InputError(f"device {device!r} is not a torch device name (cpu, cuda, cuda:0, ...)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device {device!r}: this torch build has no usable CUDA; use --device cpu")
+        self.checkpoint = str(checkpoint)
+        self.model = load_tokenizer(checkpoint, device=self.device).eval()
+        self.token_layout = "BHWG" if self.model.quantizer.has_group_axis else "BHW"
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return self.model.encode(self._images(images)).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_latent(self, images: np.ndarray) -> np.ndarray:
+        return self.model.encode_latent(self._images(images)).float().cpu().numpy()
+
+    @torch.no_grad()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        model = self.model
+        codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.config.use_adaptive_norm)
+        return model.decode(torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": "fp32",
+            "device": str(self.device),
+            "num_embed": self.model.num_embed,
+            "num_group": self.model.num_group,
+            "downsample_factor": self.model.downsample_factor,
+            "token_layout": self.token_layout,
+            "checkpoint": self.checkpoint,
+        }
+
+    def _images(self, images: np.ndarray) -> torch.Tensor:
+        pixels = check_images(images, self.model.downsample_factor, self.model.config.input_channels)
+        return torch.from_numpy(pixels).to(self.device)
+
+
+def main() -> None:
+    """`python -m runtimes.torch encode|decode ...`."""
+    import click
+
+    from .cli import run_cli
+
+    run_cli(
+        "torch",
+        model_help="Checkpoint: upstream .pt, native .safetensors, or a named checkpoint.",
+        options=[click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0.")],
+    )
+
+
+if __name__ == "__main__":
+    main()
