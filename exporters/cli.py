@@ -14,12 +14,18 @@ import click
 
 from gsq_core.errors import GSQError
 
-from . import ExportError, ExportValidationError
+from . import ExportError, ExportValidationError, target_options
 from .staging import StageLog, check_destination
 
 # target name -> "module:function"; a new target is one module plus one line here.
-TARGETS: dict[str, str] = {"onnx": "exporters.onnx:export_onnx"}
-PLANNED_TARGETS: tuple[str, ...] = ("tensorrt", "openvino", "triton")
+TARGETS: dict[str, str] = {
+    "onnx": "exporters.onnx:export_onnx",
+    # issue 4 targets; their options come from exporters.target_options
+    "trt": "exporters.tensorrt:export_tensorrt",
+    "openvino": "exporters.openvino:export_openvino",
+    "triton": "exporters.triton:export_triton",
+}
+PLANNED_TARGETS: tuple[str, ...] = ()
 GRAPH_CHOICES = ("encoder", "quantizer", "decoder", "tokenize", "detokenize")
 EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
 
@@ -42,6 +48,7 @@ EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
     "--calib-images", type=click.Path(path_type=Path), default=None, help="Folder of images to validate with."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+@target_options.click_options
 def export_command(
     checkpoint: str,
     target: str,
@@ -54,6 +61,7 @@ def export_command(
     validate: bool,
     calib_images: Path | None,
     overwrite: bool,
+    **more_options: Any,
 ) -> None:
     """Export a GSQ tokenizer checkpoint (e.g. --target onnx) and validate it against eager PyTorch."""
     from gsq_core.images import parse_size
@@ -61,6 +69,9 @@ def export_command(
     from . import select_graphs
 
     export = _target_function(target)
+    extra = target_options.export_options(target, more_options)  # {} for an fp32 onnx export
+    if target == "onnx" and extra:
+        from .onnx_precision import export_onnx_precision as export
     size = parse_size(image_size) if image_size else None
     check_destination(out_dir, overwrite)  # before the slow part
     names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_CHOICES)
@@ -88,6 +99,7 @@ def export_command(
             overwrite=overwrite,
             progress=True,
             source=source,
+            **extra,
         )
     except ExportValidationError as error:
         print_summary(error.manifest, out_dir)

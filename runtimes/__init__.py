@@ -16,6 +16,9 @@ from .base import TokenizerRuntime
 BACKENDS: dict[str, str] = {
     "torch": "runtimes.torch:TorchRuntime",
     "onnx": "runtimes.onnx:OnnxRuntime",
+    # issue 4 targets
+    "openvino": "runtimes.openvino:OpenVinoRuntime",
+    "trt": "runtimes.trt:TrtRuntime",
 }
 
 

@@ -365,9 +365,11 @@ def test_cli_static_subset_without_validation(tmp_path):
     assert missing.returncode == 2 and "missing.pt" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_cli_rejects_targets_not_available_yet():
+def test_cli_rejects_unknown_targets():
+    # issue 4: the planned targets exist now (trt, openvino, triton); an unknown name lists them
     result = run_module("exporters", "--ckpt", "x", "--target", "tensorrt", "--out", "unused")
-    assert result.returncode == 2 and "not available yet" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "unknown target 'tensorrt'" in result.stderr and "trt" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # -- other quantizer layouts -----------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""TensorRT: the graphs are checked statically on CPU (ops, dtypes, shapes, the int32 codes boundary);
+without TensorRT or a CUDA GPU the target and the runtime refuse in one line; with both, engines
+are built and run on the conformance vectors (those tests skip here with the reason)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
+from onnx import TensorProto, helper
+from targets_support import FP16, FP32_GRAPHS, assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
+
+from exporters import ExportError
+from exporters.tensorrt import ProfileShapes, input_shapes, tensorrt_missing
+from exporters.tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
+from gsq_core.fidelity import score_gaps
+from runtimes import load_runtime
+from runtimes.artifacts import ArtifactError, BackendUnavailableError
+from runtimes.trt import check_engine_compatibility
+
+MISSING = tensorrt_missing()
+needs_tensorrt = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "TensorRT available")
+no_tensorrt = pytest.mark.skipif(not MISSING, reason="TensorRT and a CUDA GPU are available")
+
+
+@pytest.mark.parametrize("name", CONFORMANCE_MODELS)
+@pytest.mark.parametrize("graph", FP32_GRAPHS)
+def test_fp32_graphs_are_tensorrt_compatible_after_the_codes_cast(name, graph):
+    proto = onnx.load(str(fp32_onnx(name) / f"{graph}.onnx"))
+    problems = tensorrt_problems(proto)
+    assert problems == ["graph I/O codes is int64; cast it to int32 at the boundary (prepare_for_tensorrt)"]
+    prepared = prepare_for_tensorrt(proto)
+    assert tensorrt_problems(prepared) == []
+    io_types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in list(prepared.graph.input) + list(prepared.graph.output)
+    }
+    assert io_types["codes"] == TensorProto.INT32
+    for value in list(prepared.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch"  # dynamic: optimization profiles cover it
+
+
+@pytest.mark.parametrize("precision", [FP16, "int8"])
+@pytest.mark.parametrize("graph", ["tokenize", "detokenize"])
+def test_reduced_graphs_are_tensorrt_compatible(precision, graph):
+    proto = onnx.load(str(reduced_onnx(CONFORMANCE_MODELS[0], precision) / f"{graph}.onnx"))
+    assert tensorrt_problems(prepare_for_tensorrt(proto)) == []
+
+
+def test_the_int32_boundary_computes_the_same_tokens_and_images():
+    name = CONFORMANCE_MODELS[0]
+    vectors = expected_vectors(name)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    for graph, feed, reference in (
+        ("tokenize", vectors["input_64x64"], vectors["codes_64x64"]),
+        ("detokenize", vectors["codes_64x64"].astype(np.int32), None),
+    ):
+        prepared = prepare_for_tensorrt(onnx.load(str(fp32_onnx(name) / f"{graph}.onnx")))
+        session = onnxruntime.InferenceSession(
+            prepared.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        output = session.run(None, {session.get_inputs()[0].name: feed})[0]
+        if reference is not None:
+            assert output.dtype == np.int32 and (output == reference).all()
+        else:
+            assert np.abs(output - vectors["recon_64x64"]).max() <= 2e-3
+
+
+def test_the_static_check_finds_what_tensorrt_rejects():
+    values = helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 4])
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["batch"])
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["i"], name="argmax", axis=1, keepdims=0, select_last_index=1),
+        helper.make_node("Det", ["x"], ["d"], name="det"),
+        helper.make_node("Identity", ["i"], ["y"], name="identity"),
+    ]
+    graph = helper.make_graph(
+        nodes, "bad", [values], [out], value_info=[helper.make_tensor_value_info("d", TensorProto.DOUBLE, [])]
+    )
+    problems = " | ".join(tensorrt_problems(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    assert (
+        "float64" in problems and "op Det" in problems and "select_last_index" in problems and "y is int64" in problems
+    )
+
+
+def test_profile_shapes_are_checked():
+    profile = ProfileShapes.parse("1x64x64", "2x128x128", "4x256x256", 8)
+    assert profile.to_dict() == {"min": [1, 64, 64], "opt": [2, 128, 128], "max": [4, 256, 256]}
+    entry = {"inputs": [{"name": "codes", "dtype": "int64", "shape": ["batch", "token_height", "token_width", 4]}]}
+    assert input_shapes(entry, profile.max, 8) == [4, 32, 32, 4]
+    with pytest.raises(ExportError, match="multiples of 8"):
+        ProfileShapes.parse("1x60x64", None, None, 8)
+    with pytest.raises(ExportError, match="min <= opt <= max"):
+        ProfileShapes.parse("4x64x64", "1x64x64", "8x64x64", 8)
+    with pytest.raises(ExportError, match="BxHxW"):
+        ProfileShapes.parse("64x64", None, None, 8)
+
+
+def test_engines_from_another_gpu_or_version_are_refused():
+    recorded = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "version": "10.3.0"}
+    check_engine_compatibility(recorded, "NVIDIA H100 80GB HBM3", "9.0", "10.3.0", "m")
+    with pytest.raises(ArtifactError, match="built for NVIDIA H100 80GB HBM3"):
+        check_engine_compatibility(recorded, "NVIDIA L4", "8.9", "10.3.0", "m")
+    with pytest.raises(ArtifactError, match="built with TensorRT 10.3.0"):
+        check_engine_compatibility(recorded, "NVIDIA H100 80GB HBM3", "9.0", "10.7.0", "m")
+
+
+@no_tensorrt
+def test_trt_target_refuses_in_one_line(tmp_path):
+    result = run_module(
+        "exporters", "--ckpt", str(FLEXGEN / "gsq_f8_magvit.pt"), "--target", "trt", "--out", str(tmp_path / "trt")
+    )
+    assert_one_line_error(result, "--target trt needs TensorRT and a CUDA GPU", "pip install 'gsq-deploy[trt]'")
+    assert not (tmp_path / "trt").exists()
+    result = run_module(
+        "exporters", "--ckpt", str(FLEXGEN / "gsq_f8_magvit.pt"), "--target", "triton",
+        "--triton-backend", "tensorrt", "--out", str(tmp_path / "triton"),
+    )  # fmt: skip
+    assert_one_line_error(result, "--triton-backend tensorrt needs TensorRT and a CUDA GPU")
+
+
+@no_tensorrt
+def test_trt_runtime_and_gpu_providers_refuse_in_one_line(tmp_path):
+    fake = tmp_path / "trt-artifact"
+    shutil.copytree(fp32_onnx(CONFORMANCE_MODELS[0]), fake)
+    manifest = json.loads((fake / "manifest.json").read_text())
+    manifest["target"] = "trt"
+    (fake / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendUnavailableError, match="needs TensorRT and a CUDA GPU"):
+        load_runtime("trt", fake)
+    image = str(FLEXGEN / "gsq_f8_magvit_images" / "64x64_0.png")
+    result = run_module("runtimes.trt", "encode", "--model", str(fake), "--output", str(tmp_path / "t.npz"), image)
+    assert_one_line_error(result, "pip install 'gsq-deploy[trt]'")
+    for provider in ("cuda", "tensorrt"):
+        result = run_module(
+            "runtimes.onnx",
+            "encode",
+            "--model",
+            str(fp32_onnx(CONFORMANCE_MODELS[0])),
+            "--provider",
+            provider,
+            "--output",
+            str(tmp_path / "t.npz"),
+            image,
+        )
+        assert_one_line_error(result, "not available", "onnxruntime-gpu")
+
+
+# -- on a machine with TensorRT and a CUDA GPU ----------------------------------------------------
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_pick_optimal_codes_on_the_conformance_vectors(precision, tmp_path):
+    from exporters.tensorrt import build_engines
+
+    name = CONFORMANCE_MODELS[0]
+    out = tmp_path / f"trt-{precision}"
+    manifest = build_engines(
+        eager(name),
+        fp32_onnx(name),
+        out,
+        precision=precision,
+        min_shape="1x64x64",
+        opt_shape="3x64x64",
+        max_shape="4x128x128",
+        calib_images=FLEXGEN / f"{name}_images",
+        progress=False,
+    )
+    assert (
+        manifest["tensorrt"]["gpu"] and manifest["tensorrt"]["compute_capability"] and manifest["validation"]["passed"]
+    )
+    assert manifest["validation"]["graphs"]["quantizer"]["max_score_gap"] <= 1e-5
+    if precision != "fp32":
+        assert all(
+            entry["fp32_layers"] > 0
+            for graph, entry in manifest["graphs"].items()
+            if graph in ("quantizer", "tokenize")
+        )
+    runtime = load_runtime("trt", out)
+    vectors = expected_vectors(name)
+    spec = eager(name).quantizer.lookup_spec()
+    for size in CONFORMANCE_SIZES:
+        codes = runtime.encode(vectors[f"input_{size}"])
+        assert codes.dtype == np.int64 and codes.shape == vectors[f"codes_{size}"].shape
+        gaps = score_gaps(vectors[f"latent_{size}"], codes, spec)
+        if precision == "fp32":
+            assert gaps.max() <= 1e-5
+        else:
+            assert (codes == vectors[f"codes_{size}"]).mean() > 0.9
+        recon = runtime.decode(vectors[f"codes_{size}"])
+        assert np.abs(recon - vectors[f"recon_{size}"]).max() <= (2e-3 if precision == "fp32" else 0.1)
+
+
+def test_trt_runtime_splits_batches_to_fit_the_profile():
+    from types import SimpleNamespace
+
+    from gsq_core.errors import InputError
+    from runtimes.trt import TrtRuntime
+
+    runtime = TrtRuntime.__new__(TrtRuntime)  # the chunking alone: no engine, no GPU
+    profile = {"min": [2, 3, 64, 64], "max": [4, 3, 128, 128]}
+    runtime.artifact = SimpleNamespace(graphs={"tokenize": {"profile": profile}})
+    chunks = []
+
+    def run_chunk(name, entry, value):
+        chunks.append(value.shape[0])
+        return value[:, 0, 0, 0] + 0  # one number per item, to check order and padding
+
+    runtime._run_chunk = run_chunk
+    images = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 3, 64, 64), np.float32)
+    out = runtime._run("tokenize", images)
+    assert chunks == [4, 2] and out.tolist() == [0, 1, 2, 3, 4]  # last chunk of 1 padded to the min batch 2
+    with pytest.raises(InputError, match="outside the tokenize engine's profile"):
+        runtime._run("tokenize", np.zeros((1, 3, 256, 64), np.float32))
