@@ -1,0 +1,1 @@
+"""GSQ tokenizer training: `accelerate launch train/main.py --config train/configs/NAME.yaml ...`."""
