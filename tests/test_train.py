@@ -101,6 +101,13 @@ def test_two_process_cpu_run_resumes_and_writes_a_loadable_model(image_folder, t
     assert int(codes.max()) < model.num_embed
     assert model.decode(codes).shape == (1, 3, 32, 32)
 
+    # The trained model goes straight into the exporter, validated against eager.
+    exported = _run([sys.executable, "-m", "exporters", "--ckpt", str(final), "--target", "onnx",
+                     "--out", str(tmp_path / "onnx"), "--graphs", "tokenize,detokenize"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] is True
+
 
 def test_bad_config_is_a_one_line_error(image_folder, tmp_path):
     result = _run([sys.executable, "train/main.py", "--config", str(SMOKE), "--data", str(image_folder),
