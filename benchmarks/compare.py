@@ -1,0 +1,359 @@
+"""Every backend and precision against the eager PyTorch reference: fidelity and speed side by side.
+
+    python benchmarks/compare.py --ckpt PATH_OR_NAME --images DIR_OR_FILES [...] \
+        --backends torch,onnx[,openvino,trt] [--precisions fp32,fp16,int8] [--batch-sizes 1,8] \
+        [--repeats N] [--threads N] [--artifacts DIR] --out DIR [--overwrite]
+
+Exports what a backend needs (or reuses --artifacts DIR/<backend>-<precision>), then measures every
+backend + precision in its own process on the same images (benchmarks/backend_worker.py). Eager
+PyTorch fp32 always runs: it is the reference. Writes DIR/report.json, DIR/report.md and
+DIR/speed_vs_fidelity.png; backends or precisions that cannot run here are listed as skipped, with
+the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gsq_core.errors import GSQError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+REFERENCE = ("torch", "fp32")
+
+
+class Unavailable(Exception):
+    """A backend or precision that cannot run on this machine; the message is the reason."""
+
+
+def comma_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty list")
+    return values
+
+
+def positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: values must be >= 1")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/compare.py", description="Compare every backend and precision against eager PyTorch."
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint path or name (the eager reference)")
+    parser.add_argument("--images", required=True, nargs="+", help="image files and/or directories")
+    parser.add_argument("--backends", type=comma_list, default=["torch", "onnx"], help="e.g. torch,onnx,openvino,trt")
+    parser.add_argument("--precisions", type=comma_list, default=["fp32"], help="e.g. fp32,fp16,int8")
+    parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 8], help="throughput batch sizes")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed passes over the timing images")
+    parser.add_argument("--threads", type=positive_int, default=2, help="intra-op threads for every backend")
+    parser.add_argument("--artifacts", type=Path, help="reuse exported artifacts from DIR/<backend>-<precision>")
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report (and exports in --out)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: Any) -> Path:
+    """The checkpoint (torch) or artifact directory a runtime opens; exports it when needed."""
+    from runtimes import BACKENDS
+
+    if backend not in BACKENDS:
+        raise Unavailable(f"no runtime named {backend!r} in this install (runtimes: {', '.join(BACKENDS)})")
+    if backend == "torch":
+        if precision != "fp32":
+            raise Unavailable("the torch runtime is the fp32 eager reference; it has no reduced precisions")
+        return Path(args.ckpt_path)
+    name = f"{backend}-{precision}"
+    if args.artifacts is not None:
+        for candidate in (args.artifacts / name, args.artifacts):
+            if _manifest_matches(candidate, backend, precision):
+                return candidate
+    exported = args.out / "artifacts" / name
+    if _manifest_matches(exported, backend, precision) and not args.overwrite:
+        return exported
+    return _export(backend, precision, model, exported, args)
+
+
+def _manifest_matches(directory: Path, backend: str, precision: str) -> bool:
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    return manifest.get("target") == backend and manifest.get("precision") == precision
+
+
+def _export(backend: str, precision: str, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
+    """Export with the backend's exporter (exporters.<backend>.export_<backend>), where one exists."""
+    import importlib
+    import inspect
+
+    try:
+        module = importlib.import_module(f"exporters.{backend}")
+        export = getattr(module, f"export_{backend}")
+    except (ImportError, AttributeError):
+        raise Unavailable(
+            f"no exporter for {backend!r} in this install (exporters.{backend}.export_{backend})"
+        ) from None
+    options: dict[str, Any] = {"validate": False, "progress": False, "overwrite": True}
+    parameters = inspect.signature(export).parameters
+    if "precision" in parameters:
+        options["precision"] = precision
+    elif precision != "fp32":
+        raise Unavailable(f"exporters.{backend} writes fp32 only (no precision option)")
+    try:
+        export(model, out_dir, **options)
+    except GSQError as error:
+        raise Unavailable(f"export failed: {error}") from None
+    return out_dir
+
+
+def runtime_options(backend: str, threads: int) -> dict[str, Any]:
+    """Constructor options per runtime: the same thread count for every backend that takes one."""
+    return {"threads": threads} if backend != "torch" else {}
+
+
+def directory_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+# -- measuring ------------------------------------------------------------------------------------
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.backend_worker", json.dumps(job)]
+    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True)
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "error", "reason": f"worker exited with {completed.returncode}: {last}"}
+    return json.loads(lines[-1])
+
+
+def model_flops(model: Any, height: int, width: int) -> dict[str, int]:
+    """FLOPs per image of encode (encoder + lookup matmuls) and decode, counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.zeros(1, model.config.input_channels, height, width)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as encode_counter:
+            codes = model.encode(image)
+        with FlopCounterMode(display=False) as decode_counter:
+            model.decode(codes)
+    return {"encode": int(encode_counter.get_total_flops()), "decode": int(decode_counter.get_total_flops())}
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of a large square matmul with this many threads: the machine's practical peak."""
+    import torch
+
+    from benchmarks.measure import time_calls
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = min(time_calls(lambda: torch.mm(a, b), repeats=repeats))
+    return 2.0 * size**3 / best / 1e9
+
+
+def result_record(
+    backend: str,
+    precision: str,
+    worker: dict[str, Any],
+    quality: dict[str, Any],
+    reference: dict[str, Any],
+    extra: dict,
+) -> dict[str, Any]:
+    """One entry of report.json's results list."""
+    best = max(worker["throughput"].values(), key=lambda t: t["encode_img_s"])
+    best_decode = max(t["decode_img_s"] for t in worker["throughput"].values())
+    encode_p50, decode_p50 = worker["encode_ms"]["median_ms"], worker["decode_ms"]["median_ms"]
+    flops, peak = extra["flops"], extra["matmul_gflops"] * 1e9
+    return {
+        "backend": backend,
+        "precision": precision,
+        "device": str(worker["info"].get("device", "cpu")),
+        **quality,
+        "encode_ms_p50": encode_p50,
+        "encode_ms_p95": worker["encode_ms"]["p95_ms"],
+        "decode_ms_p50": decode_p50,
+        "decode_ms_p95": worker["decode_ms"]["p95_ms"],
+        "throughput_img_s": best["encode_img_s"],
+        "decode_throughput_img_s": best_decode,
+        "throughput_by_batch": worker["throughput"],
+        "speedup_vs_eager": reference["encode_ms"]["median_ms"] / encode_p50,
+        "decode_speedup_vs_eager": reference["decode_ms"]["median_ms"] / decode_p50,
+        "throughput_speedup_vs_eager": best["encode_img_s"]
+        / max(t["encode_img_s"] for t in reference["throughput"].values()),
+        "encode_fraction_of_peak": flops["encode"] * best["encode_img_s"] / peak if peak else None,
+        "decode_fraction_of_peak": flops["decode"] * best_decode / peak if peak else None,
+        "peak_rss_mb": worker["peak_rss_mb"],
+        "artifact_mb": extra["artifact_mb"],
+        "timing_spread_pct": {"encode": worker["encode_ms"]["spread_pct"], "decode": worker["decode_ms"]["spread_pct"]},
+        "runtime_info": worker["info"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Export, measure every backend + precision, score fidelity; return the report."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from benchmarks.backend_worker import timing_images
+    from benchmarks.compare_report import fidelity, load_outputs
+    from benchmarks.measure import machine_info
+    from gsq_core.api import load_tokenizer, resolve_checkpoint
+    from gsq_core.images import expand_image_paths, read_image
+
+    args.ckpt_path = resolve_checkpoint(args.ckpt)
+    model = load_tokenizer(args.ckpt_path).eval()
+    paths = expand_image_paths(args.images)
+    inputs = [read_image(path).pixels[None] for path in paths]
+    factor = model.downsample_factor
+    for path, image in zip(paths, inputs):
+        if image.shape[2] % factor or image.shape[3] % factor:
+            raise GSQError(
+                f"{path}: size {image.shape[2]}x{image.shape[3]} is not a multiple of {factor} (the model's f)"
+            )
+    timing_size = list(timing_images(inputs)[0].shape[2:])
+    spec = model.quantizer.lookup_spec()
+
+    pairs = [REFERENCE] + [(b, p) for b in args.backends for p in args.precisions if (b, p) != REFERENCE]
+    skipped: list[dict[str, str]] = []
+    results: list[dict[str, Any]] = []
+    extra = {"flops": model_flops(model, *timing_size), "matmul_gflops": matmul_gflops(args.threads)}
+    reference_outputs = reference_worker = None
+    progress = tqdm(total=len(pairs), disable=args.no_progress, unit="backend", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="gsq-compare-") as workdir:
+        for backend, precision in pairs:
+            progress.set_description(f"{backend} {precision}")
+            try:
+                target = artifact_for(backend, precision, args, model)
+            except Unavailable as reason:
+                skipped.append({"backend": backend, "precision": precision, "reason": str(reason)})
+                progress.update()
+                continue
+            outputs_path = Path(workdir) / f"{backend}-{precision}.npz"
+            job = {
+                "backend": backend,
+                "model": str(target),
+                "options": runtime_options(backend, args.threads),
+                "threads": args.threads,
+                "images": [str(p) for p in paths],
+                "batch_sizes": args.batch_sizes,
+                "repeats": args.repeats,
+                "outputs": str(outputs_path),
+            }
+            worker = run_worker(job)
+            progress.update()
+            if worker["status"] != "ok":
+                if (backend, precision) == REFERENCE:
+                    raise GSQError(f"the eager reference failed: {worker['reason']}")
+                skipped.append({"backend": backend, "precision": precision, "reason": worker["reason"]})
+                continue
+            outputs = load_outputs(outputs_path, len(paths))
+            if (backend, precision) == REFERENCE:
+                reference_outputs, reference_worker = outputs, worker
+            quality = fidelity(outputs, reference_outputs, inputs, spec)
+            extra["artifact_mb"] = directory_mb(target)
+            results.append(result_record(backend, precision, worker, quality, reference_worker, extra))
+        progress.close()
+    config = model.config
+    return {
+        "benchmark": "backend comparison",
+        "model": {
+            "checkpoint": str(args.ckpt),
+            "checkpoint_path": str(args.ckpt_path),
+            "num_embed": model.num_embed,
+            "num_group": model.num_group,
+            "group_dim": model.quantizer.group_dim,
+            "quantize_type": config.quantizer.quantize_type,
+            "lookup_normalization": config.quantizer.lookup_normalization,
+            "downsample_factor": factor,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "flops_per_image": extra["flops"],
+        },
+        "machine": {
+            **machine_info(),
+            "torch_threads": torch.get_num_threads(),
+            "matmul_gflops": extra["matmul_gflops"],
+            "matmul_size": 2048,
+        },
+        "settings": {
+            "backends": args.backends,
+            "precisions": args.precisions,
+            "batch_sizes": args.batch_sizes,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "artifacts": str(args.artifacts) if args.artifacts else None,
+        },
+        "images": {
+            "count": len(paths),
+            "paths": [str(p) for p in paths],
+            "sizes": sorted({f"{i.shape[2]}x{i.shape[3]}" for i in inputs}),
+            "timing_size": timing_size,
+            "tokens_per_image": [int(np.prod(c.shape)) for c in reference_outputs["codes"]],
+        },
+        "results": results,
+        "skipped": skipped,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report_path = args.out / "report.json"
+    if report_path.exists() and not args.overwrite:
+        print(f"error: {report_path} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    from benchmarks.compare_report import markdown_report, plot_speed_vs_fidelity
+    from gsq_core.checkpoint import atomic_write
+
+    try:
+        report = run(args)
+    except GSQError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown_report(report)
+    atomic_write(args.out / "report.md", lambda tmp: tmp.write_text(table, encoding="utf-8"), overwrite=True)
+    atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"), overwrite=True)
+    plot_path = args.out / "speed_vs_fidelity.png"
+    try:
+        plot_speed_vs_fidelity(report["results"], plot_path)
+    except ImportError:
+        print("note: matplotlib is not installed; no plot written (pip install matplotlib)", file=sys.stderr)
+    print(table)
+    print(f"wrote {report_path}, {args.out / 'report.md'}" + (f", {plot_path}" if plot_path.exists() else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Benchmarks run end to end on tiny inputs (speed targets live in the benchmarks' printed ratios)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.lookup_case import LookupCase
+from benchmarks.lookup_worker import skip_reason
+
+REPO = Path(__file__).parents[1]
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_quantizer_benchmark_sweep_writes_report(tmp_path):
+    out = tmp_path / "quantizer.json"
+    args = ["--vocab-sizes", "256", "--groups", "4x2", "--batch-sizes", "2", "--image-size", "32", "--downsample", "8"]
+    args += ["--methods", "eager,full,onnx", "--repeats", "2", "--threads", "1", "--no-progress"]
+    completed = run_module("benchmarks.quantizer", *args, "--out", str(out))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(out.read_text())
+    results = {record["method"]: record for record in report["results"]}
+    assert set(results) == {"eager", "full", "onnx"}
+    for method, record in results.items():
+        assert record["status"] == "ok", (method, record.get("reason"))
+        assert record["num_vectors"] == 2 * 4 * 4 * 4
+        assert 0 < record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+        assert record["peak_extra_mb"] >= 0
+        assert record["checked_vectors"] == record["num_vectors"]  # d = 2: every vector is checked
+        assert record["max_gap_vs_exact"] <= 1e-6, method  # fp32 paths may differ only on near-ties
+    assert results["eager"]["agreement_vs_exact"] == 1.0  # d = 2 under l2: the exact search
+    assert results["full"]["speedup_vs_full"] == 1.0
+    assert report["target"] is None and report["machine"]["torch_threads"] == 1
+    assert "eager" in completed.stdout and "median ms" in completed.stdout
+
+    again = run_module("benchmarks.quantizer", *args, "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_quantizer_benchmark_skips_what_would_not_fit():
+    case = LookupCase(num_embed=65536, num_group=8, group_dim=2, batch=8, method="full", max_matrix_gib=1.0)
+    assert "4.0 GiB N x V matrix" in skip_reason(case)
+    assert skip_reason(LookupCase(num_embed=65536, num_group=8, group_dim=2, batch=1, method="full")) is None
+
+
+@pytest.mark.parametrize("bad", [["--groups", "8by2"], ["--vocab-sizes", "0"], ["--methods", "fastest"]])
+def test_quantizer_benchmark_refuses_bad_options(tmp_path, bad):
+    completed = run_module("benchmarks.quantizer", *bad, "--out", str(tmp_path / "q.json"))
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "error:" in completed.stderr
+
+
+FIXTURES = REPO / "tests" / "fixtures" / "flexgen"
+RESULT_FIELDS = [
+    "backend",
+    "precision",
+    "device",
+    "token_agreement",
+    "disagreement_max_margin",
+    "latent_max_abs_err",
+    "recon_psnr_vs_eager_db",
+    "psnr_vs_input_db",
+    "ssim_vs_input",
+    "encode_ms_p50",
+    "encode_ms_p95",
+    "decode_ms_p50",
+    "decode_ms_p95",
+    "throughput_img_s",
+    "speedup_vs_eager",
+    "peak_rss_mb",
+    "artifact_mb",
+    "codebook_usage",
+    "codebook_perplexity",
+    "encode_fraction_of_peak",
+]
+
+
+def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
+    out = tmp_path / "report"
+    images = [FIXTURES / "gsq_f8_magvit_images" / name for name in ("64x64_0.png", "96x128_0.png")]
+    args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", *map(str, images)]
+    args += ["--backends", "torch,onnx,nosuch", "--precisions", "fp32,fp16", "--batch-sizes", "1,2"]
+    args += ["--repeats", "1", "--threads", "1", "--out", str(out), "--no-progress"]
+    completed = run_module("benchmarks.compare", *args)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    results = {(r["backend"], r["precision"]): r for r in report["results"]}
+    skipped = {(s["backend"], s["precision"]): s["reason"] for s in report["skipped"]}
+    assert {("torch", "fp32"), ("onnx", "fp32")} <= set(results)
+    assert "no runtime named 'nosuch'" in skipped[("nosuch", "fp32")]
+    assert ("torch", "fp16") in skipped
+    assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx", "nosuch") for p in ("fp32", "fp16")}
+    for record in results.values():
+        assert all(field in record for field in RESULT_FIELDS)
+        assert record["disagreement_max_margin"] <= 1e-5
+        assert 0 < record["codebook_usage"] <= 1 and record["codebook_perplexity"] >= 1
+    onnx = results[("onnx", "fp32")]
+    assert onnx["token_agreement"] == 1.0 and onnx["latent_max_abs_err"] < 1e-3
+    assert (
+        results[("torch", "fp32")]["recon_identical_to_eager"] and results[("torch", "fp32")]["speedup_vs_eager"] == 1
+    )
+    assert report["model"]["num_embed"] == 1024 and report["model"]["flops_per_image"]["encode"] > 0
+    assert report["machine"]["matmul_gflops"] > 0 and report["images"]["count"] == 2
+    assert "| onnx | fp32 |" in (out / "report.md").read_text()
+    assert (out / "speed_vs_fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "artifacts" / "onnx-fp32" / "manifest.json").is_file()
+
+    again = run_module("benchmarks.compare", *args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["--ckpt", "missing.pt"], "no such checkpoint"),
+        (["--images", "does/not/exist.png"], "no such file"),
+    ],
+)
+def test_compare_refuses_bad_input_in_one_line(tmp_path, bad, message):
+    args = {"--ckpt": str(FIXTURES / "gsq_f8_magvit.pt"), "--images": str(FIXTURES / "gsq_f8_magvit_images")}
+    args.update(dict(zip(bad[::2], bad[1::2])))
+    flat = [item for pair in args.items() for item in pair]
+    completed = run_module("benchmarks.compare", *flat, "--out", str(tmp_path / "r"), "--no-progress")
+    assert completed.returncode == 2 and message in completed.stderr and "Traceback" not in completed.stderr
