@@ -110,25 +110,16 @@ def _manifest_matches(directory: Path, backend: str, precision: str) -> bool:
 
 
 def _export(backend: str, precision: str, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
-    """Export with the backend's exporter (exporters.<backend>.export_<backend>), where one exists."""
-    import importlib
-    import inspect
+    """Export with the target's exporter (exporters.export_function); compare.py measures fidelity itself."""
+    from exporters import TARGETS, export_function
 
-    try:
-        module = importlib.import_module(f"exporters.{backend}")
-        export = getattr(module, f"export_{backend}")
-    except (ImportError, AttributeError):
-        raise Unavailable(
-            f"no exporter for {backend!r} in this install (exporters.{backend}.export_{backend})"
-        ) from None
+    if backend not in TARGETS:
+        raise Unavailable(f"no exporter for {backend!r} (targets: {', '.join(TARGETS)})")
     options: dict[str, Any] = {"validate": False, "progress": False, "overwrite": True}
-    parameters = inspect.signature(export).parameters
-    if "precision" in parameters:
+    if precision != "fp32":
         options["precision"] = precision
-    elif precision != "fp32":
-        raise Unavailable(f"exporters.{backend} writes fp32 only (no precision option)")
     try:
-        export(model, out_dir, **options)
+        export_function(backend, precision)(model, out_dir, **options)
     except GSQError as error:
         raise Unavailable(f"export failed: {error}") from None
     return out_dir

@@ -8,11 +8,22 @@ or `gsq-export --ckpt model.pt --target onnx --out out/model-onnx`. Torch loads 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 
 from gsq_core.errors import GSQError
 
 __version__ = "0.1.0"
+
+# target name -> "module:function"; a new target is one module plus one line here.
+TARGETS: dict[str, str] = {
+    "onnx": "exporters.onnx:export_onnx",
+    "trt": "exporters.tensorrt:export_tensorrt",
+    "openvino": "exporters.openvino:export_openvino",
+    "triton": "exporters.triton:export_triton",
+}
+# Reduced-precision ONNX builds convert an fp32 export (fp16 / int8 QDQ); the other targets take precision.
+ONNX_REDUCED_PRECISION = "exporters.onnx_precision:export_onnx_precision"
 
 # Every graph an artifact directory can hold, in the order they are written.
 GRAPH_NAMES: tuple[str, ...] = ("encoder", "quantizer", "decoder", "tokenize", "detokenize")
@@ -41,4 +52,13 @@ def select_graphs(graphs: Iterable[str]) -> list[str]:
     return [name for name in GRAPH_NAMES if name in names]
 
 
-__all__ = ["GRAPH_NAMES", "ExportError", "ExportValidationError", "__version__", "select_graphs"]
+def export_function(target: str, precision: str = "fp32") -> Callable[..., dict]:
+    """The export function for a target and precision (imported lazily); ExportError for unknown targets."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
+    location = ONNX_REDUCED_PRECISION if target == "onnx" and precision != "fp32" else TARGETS[target]
+    module_name, function_name = location.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+__all__ = ["TARGETS", "export_function", "GRAPH_NAMES", "ExportError", "ExportValidationError", "__version__", "select_graphs"]

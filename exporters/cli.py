@@ -5,7 +5,6 @@ gsq-export --ckpt model.pt --target onnx --out out/model-onnx
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,9 @@ import click
 
 from gsq_core.errors import GSQError
 
-from . import ExportError, ExportValidationError, target_options
+from . import GRAPH_NAMES, TARGETS, ExportValidationError, export_function, target_options
 from .staging import StageLog, check_destination
 
-# target name -> "module:function"; a new target is one module plus one line here.
-TARGETS: dict[str, str] = {
-    "onnx": "exporters.onnx:export_onnx",
-    # issue 4 targets; their options come from exporters.target_options
-    "trt": "exporters.tensorrt:export_tensorrt",
-    "openvino": "exporters.openvino:export_openvino",
-    "triton": "exporters.triton:export_triton",
-}
-PLANNED_TARGETS: tuple[str, ...] = ()
-GRAPH_CHOICES = ("encoder", "quantizer", "decoder", "tokenize", "detokenize")
 EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
 
 
@@ -41,7 +30,7 @@ EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
 @click.option(
     "--graphs",
     multiple=True,
-    help=f"Graphs to write, repeated or comma-separated (default: all of {', '.join(GRAPH_CHOICES)}).",
+    help=f"Graphs to write, repeated or comma-separated (default: all of {', '.join(GRAPH_NAMES)}).",
 )
 @click.option("--validate/--no-validate", default=True, show_default=True, help="Compare every graph with eager.")
 @click.option(
@@ -68,13 +57,11 @@ def export_command(
 
     from . import select_graphs
 
-    export = _target_function(target)
     extra = target_options.export_options(target, more_options)  # {} for an fp32 onnx export
-    if target == "onnx" and extra:
-        from .onnx_precision import export_onnx_precision as export
+    export = export_function(target, extra.get("precision", "fp32"))
     size = parse_size(image_size) if image_size else None
     check_destination(out_dir, overwrite)  # before the slow part
-    names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_CHOICES)
+    names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_NAMES)
     names = select_graphs(names)  # unknown names fail here, before the checkpoint loads
     log = StageLog()
     from gsq_core.api import load_tokenizer, resolve_checkpoint
@@ -148,15 +135,6 @@ def _fidelity_text(result: dict[str, Any]) -> str:
         return f"tokens {result['token_agreement']:.2%} same, max gap {result['max_score_gap']:.1e}"
     psnr_db = result.get("recon_psnr_db")
     return "recon identical" if psnr_db is None else f"recon PSNR {psnr_db:.1f} dB"
-
-
-def _target_function(target: str):
-    if target in PLANNED_TARGETS:
-        raise ExportError(f"target {target!r} is not available yet in this version; available: {', '.join(TARGETS)}")
-    if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
-    module_name, function_name = TARGETS[target].split(":")
-    return getattr(importlib.import_module(module_name), function_name)
 
 
 def main() -> None:

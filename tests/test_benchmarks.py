@@ -101,8 +101,11 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx", "nosuch") for p in ("fp32", "fp16")}
     for record in results.values():
         assert all(field in record for field in RESULT_FIELDS)
-        assert record["disagreement_max_margin"] <= 1e-5
         assert 0 < record["codebook_usage"] <= 1 and record["codebook_perplexity"] >= 1
+    # fp32 disagreements may only be near-ties; reduced precisions report their margins.
+    assert all(r["disagreement_max_margin"] <= 1e-5 for (_, precision), r in results.items() if precision == "fp32")
+    if ("onnx", "fp16") in results:  # needs onnxconverter-common (dev extra)
+        assert results[("onnx", "fp16")]["token_agreement"] > 0.9
     onnx = results[("onnx", "fp32")]
     assert onnx["token_agreement"] == 1.0 and onnx["latent_max_abs_err"] < 1e-3
     assert (
