@@ -26,6 +26,11 @@ PROVIDERS: dict[str, list[str]] = {
 }
 
 
+# The quantizer graph holds a [vectors, codes per block] fp32 score matrix; dynamic exports are run
+# in batch chunks that keep it under this size (a single item larger than this still runs whole).
+LOOKUP_SCRATCH_BYTES = 256 * 2**20
+
+
 class OnnxRuntime(TokenizerRuntime):
     """An artifact directory run by ONNX Runtime; one session per graph, created on first use."""
 
@@ -154,18 +159,34 @@ class OnnxRuntime(TokenizerRuntime):
             raise ArtifactError(f"{self.artifact.graph_path(name)}: onnxruntime failed: {first_line}") from None
 
     def _run_batched(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Run a graph; a static export's fixed batch is filled by repeating the last item."""
+        """Run a graph in batch chunks: a static export's fixed batch (the last chunk padded by
+        repeating its last item), or, for a dynamic export, chunks small enough that the lookup's
+        score matrix stays within LOOKUP_SCRATCH_BYTES."""
         batch, _ = self.artifact.fixed_shape()
-        if batch is None or value.shape[0] == batch:
+        fixed = batch is not None
+        if not fixed:
+            batch = self._lookup_batch_limit(name, value)
+        if value.shape[0] <= batch and (not fixed or value.shape[0] == batch):
             return self._run(name, value)
         outputs = []
         for start in range(0, value.shape[0], batch):
             chunk = value[start : start + batch]
             count = chunk.shape[0]
-            if count < batch:
+            if fixed and count < batch:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
             outputs.append(self._run(name, chunk)[:count])
         return np.concatenate(outputs)
+
+    def _lookup_batch_limit(self, name: str, value: np.ndarray) -> int:
+        """Largest batch whose fp32 score block (vectors x codes per block) fits LOOKUP_SCRATCH_BYTES."""
+        if name not in ("quantizer", "tokenize"):
+            return max(1, value.shape[0])
+        artifact = self.artifact
+        factor = artifact.downsample_factor if name == "tokenize" else 1
+        positions = (value.shape[2] // factor) * (value.shape[3] // factor)
+        codes_per_block = min(artifact.num_embed, int(artifact.manifest["lookup"]["code_block"]))
+        bytes_per_item = positions * artifact.num_group * codes_per_block * 4
+        return max(1, LOOKUP_SCRATCH_BYTES // max(1, bytes_per_item))
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         artifact = self.artifact

@@ -130,6 +130,22 @@ def test_onnx_tokens_and_latent_match_eager(exported, size):
     assert upstream_gaps[fused != upstream].max(initial=0.0) <= 1e-6 and (fused != upstream).mean() <= 1e-3
 
 
+def test_runtime_splits_batches_to_bound_lookup_memory(exported, monkeypatch):
+    """With a tiny lookup budget the runtime runs one image at a time and gets the same tokens."""
+    import runtimes.onnx
+
+    _, out, _, _, expected, _ = exported
+    images = expected["input_64x64"]
+    whole = OnnxRuntime(out, threads=1).encode(images)
+    runs = []
+    monkeypatch.setattr(runtimes.onnx, "LOOKUP_SCRATCH_BYTES", 1)
+    chunked = OnnxRuntime(out, threads=1)
+    original_run = chunked._run
+    monkeypatch.setattr(chunked, "_run", lambda name, value: runs.append(value.shape[0]) or original_run(name, value))
+    np.testing.assert_array_equal(chunked.encode(images), whole)
+    assert runs == [1] * images.shape[0]
+
+
 @pytest.mark.parametrize("size", CONFORMANCE_SIZES)
 def test_decode_cli_reproduces_upstream_recon(exported, size, tmp_path):
     name, out, _, _, expected, _ = exported
