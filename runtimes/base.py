@@ -82,3 +82,45 @@ def check_codes(
             bad = low if low < 0 else high
             raise InputError(f"token id {bad} is outside [0, {num_embed}) (codebook size {num_embed})")
     return np.ascontiguousarray(codes, dtype=np.int64)
+
+
+def check_artifact_images(artifact: Any, images: np.ndarray) -> np.ndarray:
+    """check_images for an exported artifact, plus its fixed image size when it was exported static."""
+    images = check_images(images, artifact.downsample_factor, int(artifact.manifest.get("input_channels", 3)))
+    _, size = artifact.fixed_shape()
+    if size is not None and tuple(images.shape[2:]) != size:
+        raise InputError(
+            f"image size {images.shape[2]}x{images.shape[3]} does not match this static export "
+            f"({size[0]}x{size[1]}); resize the images (--resize {size[0]}x{size[1]}) or re-export with --dynamic"
+        )
+    return images
+
+
+def check_artifact_codes(artifact: Any, codes: np.ndarray) -> np.ndarray:
+    """check_codes for an exported artifact, plus its fixed token grid when it was exported static."""
+    uses_adaptive_norm = bool(artifact.manifest.get("config", {}).get("use_adaptive_norm", False))
+    codes = check_codes(codes, artifact.num_embed, artifact.num_group, artifact.token_layout, uses_adaptive_norm)
+    _, size = artifact.fixed_shape()
+    factor = artifact.downsample_factor
+    if size is not None and (codes.shape[1] * factor, codes.shape[2] * factor) != size:
+        raise InputError(
+            f"token grid {codes.shape[1]}x{codes.shape[2]} does not match this static export "
+            f"({size[0] // factor}x{size[1] // factor} for {size[0]}x{size[1]} images)"
+        )
+    return codes
+
+
+def artifact_info(backend: str, artifact: Any) -> dict[str, Any]:
+    """The info fields every artifact-backed runtime reports; backends add their device facts."""
+    manifest = artifact.manifest
+    return {
+        "backend": backend,
+        "precision": manifest["precision"],
+        "num_embed": artifact.num_embed,
+        "num_group": artifact.num_group,
+        "downsample_factor": artifact.downsample_factor,
+        "token_layout": artifact.token_layout,
+        "model_dir": str(artifact.directory),
+        "graphs": list(artifact.graphs),
+        "validated": manifest.get("validation") is not None,
+    }

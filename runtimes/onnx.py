@@ -17,7 +17,7 @@ import numpy as np
 from gsq_core.errors import InputError
 
 from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
-from .base import TokenizerRuntime, check_codes, check_images
+from .base import TokenizerRuntime, artifact_info, check_artifact_codes, check_artifact_images
 
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
@@ -65,11 +65,10 @@ class OnnxRuntime(TokenizerRuntime):
         self.threads = threads
         self._providers = [name for name in PROVIDERS[provider] if name in available]
         self._sessions: dict[str, Any] = {}
-        self._uses_adaptive_norm = bool(manifest.get("config", {}).get("use_adaptive_norm", False))
 
     # -- interface ---------------------------------------------------------------------------------
     def encode(self, images: np.ndarray) -> np.ndarray:
-        images = self._check_images(images)
+        images = check_artifact_images(self.artifact, images)
         graphs = self.artifact.graphs
         if "tokenize" in graphs:
             return self._run_batched("tokenize", images)
@@ -81,20 +80,11 @@ class OnnxRuntime(TokenizerRuntime):
         )
 
     def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        return self._run_batched("encoder", self._check_images(images))
+        return self._run_batched("encoder", check_artifact_images(self.artifact, images))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         artifact = self.artifact
-        codes = check_codes(
-            codes, artifact.num_embed, artifact.num_group, artifact.token_layout, self._uses_adaptive_norm
-        )
-        _, size = artifact.fixed_shape()
-        factor = artifact.downsample_factor
-        if size is not None and (codes.shape[1] * factor, codes.shape[2] * factor) != size:
-            raise InputError(
-                f"token grid {codes.shape[1]}x{codes.shape[2]} does not match this static export "
-                f"({size[0] // factor}x{size[1] // factor} for {size[0]}x{size[1]} images)"
-            )
+        codes = check_artifact_codes(artifact, codes)
         for name in ("detokenize", "decoder"):
             if name in artifact.graphs:
                 return self._run_batched(name, codes)
@@ -105,20 +95,11 @@ class OnnxRuntime(TokenizerRuntime):
 
     @property
     def info(self) -> dict[str, Any]:
-        manifest = self.artifact.manifest
         return {
-            "backend": self.backend,
-            "precision": manifest["precision"],
+            **artifact_info(self.backend, self.artifact),
             "device": self.provider,
             "providers": self._providers,
             "threads": self.threads,
-            "num_embed": self.artifact.num_embed,
-            "num_group": self.artifact.num_group,
-            "downsample_factor": self.artifact.downsample_factor,
-            "token_layout": self.artifact.token_layout,
-            "model_dir": str(self.artifact.directory),
-            "graphs": list(self.artifact.graphs),
-            "validated": manifest.get("validation") is not None,
         }
 
     def close(self) -> None:
@@ -187,17 +168,6 @@ class OnnxRuntime(TokenizerRuntime):
         codes_per_block = min(artifact.num_embed, int(artifact.manifest["lookup"]["code_block"]))
         bytes_per_item = positions * artifact.num_group * codes_per_block * 4
         return max(1, LOOKUP_SCRATCH_BYTES // max(1, bytes_per_item))
-
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
-        artifact = self.artifact
-        images = check_images(images, artifact.downsample_factor, int(artifact.manifest.get("input_channels", 3)))
-        _, size = artifact.fixed_shape()
-        if size is not None and tuple(images.shape[2:]) != size:
-            raise InputError(
-                f"image size {images.shape[2]}x{images.shape[3]} does not match this static export "
-                f"({size[0]}x{size[1]}); resize the images (--resize {size[0]}x{size[1]}) or re-export with --dynamic"
-            )
-        return images
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from gsq_core.errors import InputError
 
 from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
-from .base import TokenizerRuntime, check_codes, check_images
+from .base import TokenizerRuntime, artifact_info, check_artifact_codes, check_artifact_images
 
 INSTALL_HINT = "pip install 'gsq-deploy[trt]' on a machine with an NVIDIA GPU and its CUDA driver"
 
@@ -102,45 +102,30 @@ class TrtRuntime(TokenizerRuntime):
         self.device = device
         self._runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
         self._engines: dict[str, tuple[Any, Any]] = {}
-        self._uses_adaptive_norm = bool(manifest.get("config", {}).get("use_adaptive_norm", False))
 
     # -- interface ---------------------------------------------------------------------------------
     def encode(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(
-            images, self.artifact.downsample_factor, int(self.artifact.manifest.get("input_channels", 3))
-        )
+        images = check_artifact_images(self.artifact, images)
         if "tokenize" in self.artifact.graphs:
             return self._run("tokenize", images)
         return self._run("quantizer", self._run("encoder", images))
 
     def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(
-            images, self.artifact.downsample_factor, int(self.artifact.manifest.get("input_channels", 3))
-        )
+        images = check_artifact_images(self.artifact, images)
         return self._run("encoder", images)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         artifact = self.artifact
-        codes = check_codes(
-            codes, artifact.num_embed, artifact.num_group, artifact.token_layout, self._uses_adaptive_norm
-        )
+        codes = check_artifact_codes(artifact, codes)
         return self._run("detokenize" if "detokenize" in artifact.graphs else "decoder", codes)
 
     @property
     def info(self) -> dict[str, Any]:
         manifest = self.artifact.manifest
         return {
-            "backend": self.backend,
-            "precision": manifest["precision"],
+            **artifact_info(self.backend, self.artifact),
             "device": f"cuda:{self.device} {manifest['tensorrt'].get('gpu')}",
             "tensorrt": manifest["tensorrt"].get("version"),
-            "num_embed": self.artifact.num_embed,
-            "num_group": self.artifact.num_group,
-            "downsample_factor": self.artifact.downsample_factor,
-            "token_layout": self.artifact.token_layout,
-            "model_dir": str(self.artifact.directory),
-            "graphs": list(self.artifact.graphs),
-            "validated": manifest.get("validation") is not None,
         }
 
     def close(self) -> None:
