@@ -298,24 +298,12 @@ def convert_onnx_artifact(
         manifest["validation"] = None
         if validate:
             batches = validation_batches(photos, factor, batch, size)
-            log.start()
-            report = validate_graphs(
-                model,
-                names,
-                OrtGraphRunner(staging, manifest["graphs"]),
-                batches,
-                precision,
-                image_names=[name for name, _ in photos],
-                tolerances=tolerances or TOLERANCES[precision],
+            runner = OrtGraphRunner(staging, manifest["graphs"])
+            runtime = "onnxruntime CPUExecutionProvider"
+            validate_into_manifest(
+                model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
-            report["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
-            report["runtime"] = "onnxruntime CPUExecutionProvider"
-            require_exact_lookup(report)
-            manifest["validation"] = report
-            log.done(summary_line(report, sum(len(b) for b in batches)))
-        write_manifest(staging, manifest)
-        install(staging, out_dir)
-        log.done(f"wrote {out_dir}/manifest.json")
+        install_artifact(staging, out_dir, manifest, log)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -354,6 +342,43 @@ def raise_if_failed(manifest: dict) -> None:
     validation = manifest.get("validation")
     if validation is not None and not validation["passed"]:
         raise ExportValidationError("validation failed: " + "; ".join(validation["failures"]), manifest)
+
+
+def validate_into_manifest(
+    model: GSQTokenizer,
+    manifest: dict,
+    runner: Any,
+    photos: list,
+    batches: list[np.ndarray],
+    precision: str,
+    tolerances: Tolerances | None,
+    calib_images: str | Path | None,
+    runtime: str,
+    log: StageLog,
+) -> None:
+    """Validate a converted artifact's graphs against eager with `runner`; store the report in the manifest."""
+    log.start()
+    report = validate_graphs(
+        model,
+        list(manifest["graphs"]),
+        runner,
+        batches,
+        precision,
+        image_names=[name for name, _ in photos],
+        tolerances=tolerances or TOLERANCES[precision],
+    )
+    report["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
+    report["runtime"] = runtime
+    require_exact_lookup(report)
+    manifest["validation"] = report
+    log.done(summary_line(report, sum(len(b) for b in batches)))
+
+
+def install_artifact(staging: Path, out_dir: Path, manifest: dict, log: StageLog) -> None:
+    """Write manifest.json into the staging folder and move the finished artifact to out_dir."""
+    write_manifest(staging, manifest)
+    install(staging, out_dir)
+    log.done(f"wrote {out_dir}/manifest.json")
 
 
 def _tool_versions(precision: str) -> dict[str, str]:

@@ -28,10 +28,10 @@ from gsq_core.model import GSQTokenizer
 
 from . import ExportError
 from .calibration import folder_images, sample_photos, validation_batches
-from .manifest import file_checksum, write_manifest
-from .onnx_precision import ONNX_PRECISIONS, SourceArtifact, raise_if_failed, require_exact_lookup, summary_line
-from .staging import StageLog, check_destination, install, make_staging
-from .validation import TOLERANCES, Tolerances, validate_graphs
+from .manifest import file_checksum
+from .onnx_precision import ONNX_PRECISIONS, SourceArtifact, install_artifact, raise_if_failed, validate_into_manifest
+from .staging import StageLog, check_destination, make_staging
+from .validation import Tolerances
 
 TARGET = "openvino"
 OPENVINO_PRECISIONS = ONNX_PRECISIONS  # fp32, fp16, int8
@@ -143,24 +143,12 @@ def convert_to_openvino(
             photos = folder_images(calib_images) if calib_images is not None else sample_photos()
             batch, size = source.fixed_shape()
             batches = validation_batches(photos, model.downsample_factor, batch, size)
-            log.start()
-            report = validate_graphs(
-                model,
-                list(manifest["graphs"]),
-                OpenVinoGraphRunner(staging, manifest["graphs"]),
-                batches,
-                precision,
-                image_names=[name for name, _ in photos],
-                tolerances=tolerances or TOLERANCES[precision],
+            runner = OpenVinoGraphRunner(staging, manifest["graphs"])
+            runtime = "openvino CPU, INFERENCE_PRECISION_HINT=f32"
+            validate_into_manifest(
+                model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
-            report["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
-            report["runtime"] = "openvino CPU, INFERENCE_PRECISION_HINT=f32"
-            require_exact_lookup(report)
-            manifest["validation"] = report
-            log.done(summary_line(report, sum(len(b) for b in batches)))
-        write_manifest(staging, manifest)
-        install(staging, out_dir)
-        log.done(f"wrote {out_dir}/manifest.json")
+        install_artifact(staging, out_dir, manifest, log)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

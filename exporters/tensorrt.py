@@ -30,11 +30,17 @@ from gsq_core.model import GSQTokenizer
 
 from . import ExportError
 from .calibration import folder_images, multiple_of, sample_photos, validation_batches
-from .manifest import file_checksum, write_manifest
-from .onnx_precision import SourceArtifact, lookup_node_names, raise_if_failed, require_exact_lookup, summary_line
-from .staging import StageLog, check_destination, install, make_staging
+from .manifest import file_checksum
+from .onnx_precision import (
+    SourceArtifact,
+    install_artifact,
+    lookup_node_names,
+    raise_if_failed,
+    validate_into_manifest,
+)
+from .staging import StageLog, check_destination, make_staging
 from .tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
-from .validation import TOLERANCES, Tolerances, validate_graphs
+from .validation import Tolerances
 
 TARGET = "trt"
 TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -280,23 +286,12 @@ def build_engines(
                     f"no validation batch fits the profile {profile.to_dict()}; widen --min-shape / --max-shape "
                     "(validation uses batches of up to 8 images at about 96x96 and 80x144) or pass --no-validate"
                 )
-            log.start()
-            report = validate_graphs(
-                model,
-                list(manifest["graphs"]),
-                TrtGraphRunner(staging, manifest["graphs"]),
-                batches,
-                precision,
-                image_names=[name for name, _ in photos],
-                tolerances=tolerances or TOLERANCES[precision],
+            runner = TrtGraphRunner(staging, manifest["graphs"])
+            runtime = f"TensorRT {trt.__version__} on {manifest['tensorrt']['gpu']}"
+            validate_into_manifest(
+                model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
-            report["runtime"] = f"TensorRT {trt.__version__} on {manifest['tensorrt']['gpu']}"
-            require_exact_lookup(report)
-            manifest["validation"] = report
-            log.done(summary_line(report, sum(len(b) for b in batches)))
-        write_manifest(staging, manifest)
-        install(staging, out_dir)
-        log.done(f"wrote {out_dir}/manifest.json")
+        install_artifact(staging, out_dir, manifest, log)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
