@@ -13,13 +13,14 @@ import torch
 
 from gsq_core.api import load_tokenizer
 from gsq_core.errors import InputError
+from gsq_core.numerics import plain_fp32
 
 from .artifacts import BackendUnavailableError
 from .base import TokenizerRuntime, check_codes, check_images
 
 
 class TorchRuntime(TokenizerRuntime):
-    """GSQTokenizer in fp32 eager mode on a torch device."""
+    """GSQTokenizer in fp32 eager mode on a torch device (TF32 off on CUDA: the reference numerics)."""
 
     backend = "torch"
 
@@ -36,17 +37,20 @@ class TorchRuntime(TokenizerRuntime):
 
     @torch.no_grad()
     def encode(self, images: np.ndarray) -> np.ndarray:
-        return self.model.encode(self._images(images)).cpu().numpy()
+        with plain_fp32(self.device.type):
+            return self.model.encode(self._images(images)).cpu().numpy()
 
     @torch.no_grad()
     def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        return self.model.encode_latent(self._images(images)).float().cpu().numpy()
+        with plain_fp32(self.device.type):
+            return self.model.encode_latent(self._images(images)).float().cpu().numpy()
 
     @torch.no_grad()
     def decode(self, codes: np.ndarray) -> np.ndarray:
         model = self.model
         codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.config.use_adaptive_norm)
-        return model.decode(torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
+        with plain_fp32(self.device.type):
+            return model.decode(torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
 
     @property
     def info(self) -> dict[str, Any]:

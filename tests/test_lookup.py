@@ -162,9 +162,22 @@ def test_blocked_lookup_equals_one_full_fp32_matrix_away_from_ties():
     full = x @ tables.weight.T + tables.bias
     top2 = full.topk(2, dim=1).values
     clear = (top2[:, 0] - top2[:, 1]) > 1e-5
-    for block_elements, code_block in [(1 << 16, 700), (1 << 20, 3000), (4096, 64)]:
+    accelerator_blocks = (lookup.ACCELERATOR_BLOCK_ELEMENTS, 3000)  # what a GPU uses: the whole codebook per block
+    for block_elements, code_block in [(1 << 16, 700), (1 << 20, 3000), (4096, 64), accelerator_blocks]:
         blocked = nearest_codes(vectors, tables, block_elements=block_elements, code_block=code_block, method="blocked")
         assert torch.equal(blocked[clear], full.argmax(dim=1)[clear])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("dim", [2, 16])
+def test_cuda_lookup_is_an_optimal_choice_with_its_default_blocks(dim):
+    generator = torch.Generator().manual_seed(dim)
+    tables = build_lookup_tables(torch.randn(8192, dim, generator=generator), "l2", distance=True)
+    vectors = torch.randn(20000, dim, generator=generator)
+    codes = nearest_codes(vectors.cuda(), tables).cpu()
+    assert exact_gaps(vectors, codes, tables).max() <= 1e-5
+    differing = codes.numpy() != reference_codes(vectors, tables)
+    assert differing.mean() < 1e-3
 
 
 @pytest.mark.parametrize("method", ["auto", "blocked", "exact"])

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, type=Path, help="run folder: checkpoints, logs, samples, final model")
     parser.add_argument("--max-steps", type=int, help="optimizer steps in total (overrides optim.max_steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start a new run from a trained tokenizer's weights (.safetensors, upstream .pt or a name); "
+                             "its model must match the config's. Ignored when --resume finds a checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output-dir and start over")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=2e-4 data.batch_size=4")
     return parser.parse_args(argv)
@@ -122,6 +125,19 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+
+def load_initial_weights(generator: GSQTokenizer, source: str, config: TrainConfig) -> None:
+    """Copy a trained tokenizer's weights into generator; its model config must equal the run's."""
+    from gsq_core import load_tokenizer
+
+    trained = load_tokenizer(source)
+    wanted, found = config.tokenizer_config().to_dict(), trained.config.to_dict()
+    differing = sorted(key for key in wanted.keys() | found.keys() if wanted.get(key) != found.get(key))
+    if differing:
+        details = ", ".join(f"{key}: {found.get(key)!r} vs config {wanted.get(key)!r}" for key in differing[:4])
+        raise RunError(f"--init-from {source}: its model differs from the config's model ({details})")
+    generator.load_state_dict(trained.state_dict())
 
 
 def make_optimizer(module: torch.nn.Module, lr: float, config: TrainConfig) -> torch.optim.AdamW:
@@ -240,6 +256,10 @@ def train(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     generator = GSQTokenizer(config.tokenizer_config())
     eval_model = GSQTokenizer(config.tokenizer_config())
+    if args.init_from and resume_dir is None:
+        load_initial_weights(generator, args.init_from, config)
+        if is_main:
+            print(f"initialised from {args.init_from}", flush=True)
     ema = EMA(generator, config.optim.ema_decay)
     use_adversarial = config.loss.adversarial_weight > 0
     discriminator = PatchDiscriminator(3, config.loss.disc_channels, config.loss.disc_layers) if use_adversarial else None
