@@ -14,6 +14,11 @@ SAMPLE_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket")
 MAX_CALIBRATION_IMAGES = 8
 
 
+def photos_for(calib_images: str | Path | None) -> list[tuple[str, np.ndarray]]:
+    """The images of folder calib_images, or scikit-image's sample photos when it is None."""
+    return folder_images(calib_images) if calib_images is not None else sample_photos()
+
+
 def sample_photos() -> list[tuple[str, np.ndarray]]:
     """scikit-image sample photos as (name, uint8 [H, W, 3])."""
     import skimage.data

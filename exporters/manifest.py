@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -10,21 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# The format is defined where it is read (runtimes.artifacts), so writer and reader cannot drift apart.
+from runtimes.artifacts import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
+from runtimes.artifacts import SUPPORTED_FORMAT_VERSION as MANIFEST_FORMAT_VERSION
+
 if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "gsq-deploy-artifact"
-MANIFEST_FORMAT_VERSION = 1
-
 
 def file_checksum(path: str | Path) -> dict[str, Any]:
-    """{'sha256': hex digest, 'size': bytes} of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "size": os.path.getsize(path)}
+    """{'sha256': hex digest, 'size': bytes} of a file."""
+    return {"sha256": file_sha256(Path(path)), "size": os.path.getsize(path)}
 
 
 def model_facts(model: GSQTokenizer) -> dict[str, Any]:

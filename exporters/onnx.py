@@ -9,7 +9,6 @@ height and width symbolic, which validation checks by running shapes other than 
 from __future__ import annotations
 
 import copy
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,11 +19,11 @@ from torch import nn
 
 from gsq_core.model import GSQTokenizer
 
-from . import GRAPH_NAMES, ExportError, ExportValidationError, __version__, select_graphs
-from .calibration import folder_images, sample_photos, validation_batches
+from . import GRAPH_NAMES, ExportError, __version__, select_graphs
+from .calibration import photos_for, validation_batches
 from .graphs import LOOKUP_CODE_BLOCK, GraphSpec, ShapePlan, TensorSpec, graph_specs
-from .manifest import build_manifest, write_manifest
-from .staging import StageLog, check_destination, install, make_staging
+from .manifest import build_manifest
+from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
 from .validation import validate_graphs
 
 DEFAULT_OPSET = 17
@@ -64,60 +63,53 @@ def export_onnx(
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     check_destination(out_dir, overwrite)
     log = StageLog(progress)
-    photos = _calibration_photos(calib_images) if validate else []
+    photos = photos_for(calib_images) if validate else []
     model, was_training = _cpu_fp32(model), model.training
     specs = graph_specs(model, plan, code_block)
 
-    staging = make_staging(out_dir)
     try:
-        model.eval()
-        entries: dict[str, dict[str, Any]] = {}
-        for name in names:
-            spec = specs[name]
-            log.start()
-            entries[name] = export_graph(
-                spec.build(model), spec, staging / spec.file, opset, _example_inputs(model, spec)
+        with staging_folder(out_dir) as staging:
+            model.eval()
+            entries: dict[str, dict[str, Any]] = {}
+            for name in names:
+                spec = specs[name]
+                log.start()
+                entries[name] = export_graph(
+                    spec.build(model), spec, staging / spec.file, opset, _example_inputs(model, spec)
+                )
+                size_mb = (staging / spec.file).stat().st_size / 1e6
+                log.done(f"exported {spec.file} ({size_mb:.1f} MB, opset {opset}), onnx.checker passed")
+            shapes = {
+                "dynamic": dynamic,
+                "batch": plan.batch if isinstance(plan.batch, int) else None,
+                "image_size": [plan.height, plan.width] if isinstance(plan.height, int) else None,
+            }
+            manifest = build_manifest(
+                model,
+                target=TARGET,
+                precision=PRECISION,
+                exporter_version=__version__,
+                graphs=entries,
+                artifact_dir=staging,
+                shapes=shapes,
+                source=source,
             )
-            size_mb = (staging / spec.file).stat().st_size / 1e6
-            log.done(f"exported {spec.file} ({size_mb:.1f} MB, opset {opset}), onnx.checker passed")
-        shapes = {
-            "dynamic": dynamic,
-            "batch": plan.batch if isinstance(plan.batch, int) else None,
-            "image_size": [plan.height, plan.width] if isinstance(plan.height, int) else None,
-        }
-        manifest = build_manifest(
-            model,
-            target=TARGET,
-            precision=PRECISION,
-            exporter_version=__version__,
-            graphs=entries,
-            artifact_dir=staging,
-            shapes=shapes,
-            source=source,
-        )
-        manifest["lookup"].update(code_block=code_block, code_blocks=-(-model.num_embed // code_block))
-        if validate:
-            batches = validation_batches(photos, model.downsample_factor, batch_size, plan_size(plan))
-            runner = OrtGraphRunner(staging, entries)
-            log.start()
-            manifest["validation"] = validate_graphs(
-                model, names, runner, batches, PRECISION, image_names=[name for name, _ in photos]
-            )
-            manifest["validation"]["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
-            manifest["validation"]["runtime"] = "onnxruntime CPUExecutionProvider"
-            verdict = "passed" if manifest["validation"]["passed"] else "FAILED"
-            log.done(f"validated {len(names)} graphs against eager on {sum(len(b) for b in batches)} images: {verdict}")
-        write_manifest(staging, manifest)
-        install(staging, out_dir)
-        log.done(f"wrote {out_dir}/manifest.json")
+            manifest["lookup"].update(code_block=code_block, code_blocks=-(-model.num_embed // code_block))
+            if validate:
+                batches = validation_batches(photos, model.downsample_factor, batch_size, plan_size(plan))
+                runner = OrtGraphRunner(staging, entries)
+                log.start()
+                manifest["validation"] = validate_graphs(
+                    model, names, runner, batches, PRECISION, image_names=[name for name, _ in photos]
+                )
+                manifest["validation"]["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
+                manifest["validation"]["runtime"] = "onnxruntime CPUExecutionProvider"
+                verdict = "passed" if manifest["validation"]["passed"] else "FAILED"
+                log.done(f"validated {len(names)} graphs against eager on {sum(len(b) for b in batches)} images: {verdict}")
+            install_artifact(staging, out_dir, manifest, log)
     finally:
         model.train(was_training)
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-    validation = manifest.get("validation")
-    if validation is not None and not validation["passed"]:
-        raise ExportValidationError("validation failed: " + "; ".join(validation["failures"]), manifest)
+    raise_if_failed(manifest)
     return manifest
 
 
@@ -251,5 +243,3 @@ def _example_tensor(tensor: TensorSpec, shape: list[int], num_embed: int, genera
     return torch.rand(shape, generator=generator) * 2 - 1
 
 
-def _calibration_photos(calib_images: str | Path | None) -> list[tuple[str, np.ndarray]]:
-    return folder_images(calib_images) if calib_images is not None else sample_photos()

@@ -17,9 +17,11 @@ quantizer graph, being fp32 end to end, must still pick optimal codes, and non-f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,11 +30,11 @@ import numpy as np
 
 from gsq_core.model import GSQTokenizer
 
-from . import ExportError, ExportValidationError
-from .calibration import fit_to_size, folder_images, multiple_of, sample_photos, validation_batches
+from . import ExportError
+from .calibration import fit_to_size, multiple_of, photos_for, validation_batches
 from .graphs import GRAPH_NAMES
-from .manifest import MANIFEST_NAME, file_checksum, write_manifest
-from .staging import StageLog, check_destination, install, make_staging
+from .manifest import MANIFEST_NAME, file_checksum
+from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
 from .validation import TOLERANCES, Tolerances, validate_graphs
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -244,7 +246,7 @@ def convert_onnx_artifact(
             f"{fp32_dir}: needs an fp32 ONNX artifact, found {source.manifest['target']} {source.manifest['precision']}"
         )
     log = StageLog(progress)
-    photos = folder_images(calib_images) if calib_images is not None else sample_photos()
+    photos = photos_for(calib_images)
     names = [name for name in GRAPH_NAMES if name in source.graphs]
     batch, size = source.fixed_shape()
     factor = model.downsample_factor
@@ -252,8 +254,7 @@ def convert_onnx_artifact(
         calibration_feeds(model, photos, size or (multiple_of(128, factor),) * 2, batch) if precision == "int8" else {}
     )
 
-    staging = make_staging(out_dir)
-    try:
+    with staging_folder(out_dir) as staging:
         import onnx
 
         manifest = dict(source.manifest)
@@ -304,9 +305,6 @@ def convert_onnx_artifact(
                 model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
         install_artifact(staging, out_dir, manifest, log)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     raise_if_failed(manifest)
     return manifest
 
@@ -335,13 +333,6 @@ def summary_line(report: dict, image_count: int) -> str:
     for warning in report.get("warnings", []):
         line += f"\n  warning: {warning}"
     return line
-
-
-def raise_if_failed(manifest: dict) -> None:
-    """ExportValidationError when the manifest's validation failed (after the artifact is written)."""
-    validation = manifest.get("validation")
-    if validation is not None and not validation["passed"]:
-        raise ExportValidationError("validation failed: " + "; ".join(validation["failures"]), manifest)
 
 
 def validate_into_manifest(
@@ -374,13 +365,6 @@ def validate_into_manifest(
     log.done(summary_line(report, sum(len(b) for b in batches)))
 
 
-def install_artifact(staging: Path, out_dir: Path, manifest: dict, log: StageLog) -> None:
-    """Write manifest.json into the staging folder and move the finished artifact to out_dir."""
-    write_manifest(staging, manifest)
-    install(staging, out_dir)
-    log.done(f"wrote {out_dir}/manifest.json")
-
-
 def _tool_versions(precision: str) -> dict[str, str]:
     import onnxruntime
 
@@ -392,16 +376,47 @@ def _tool_versions(precision: str) -> dict[str, str]:
     return versions
 
 
-def export_onnx_precision(model: GSQTokenizer, out_dir: str | Path, *, precision: str, **options: Any) -> dict:
-    """fp32 ONNX export into a temporary folder, then convert_onnx_artifact to `precision`."""
+@contextlib.contextmanager
+def exported_onnx(
+    model: GSQTokenizer,
+    out_dir: Path,
+    precision: str,
+    *,
+    calib_images: str | Path | None,
+    overwrite: bool,
+    progress: bool,
+    onnx_options: dict[str, Any],
+) -> Iterator[Path]:
+    """An unvalidated ONNX artifact at `precision` (fp32, or fp16/int8 converted from it) in a
+    temporary folder beside out_dir, for a target built from ONNX graphs; removed on exit."""
     from .onnx import export_onnx
 
+    check_destination(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.onnx-", dir=out_dir.parent) as work:
+        onnx_dir = Path(work) / "fp32"
+        export_onnx(model, onnx_dir, validate=False, progress=progress, **onnx_options)
+        if precision != "fp32":
+            reduced = Path(work) / precision
+            convert_onnx_artifact(
+                model, onnx_dir, reduced, precision, calib_images=calib_images, validate=False, progress=progress
+            )
+            onnx_dir = reduced
+        yield onnx_dir
+
+
+def export_onnx_precision(model: GSQTokenizer, out_dir: str | Path, *, precision: str, **options: Any) -> dict:
+    """fp32 ONNX export into a temporary folder, then convert_onnx_artifact to `precision`."""
     convert_keys = ("calib_images", "validate", "overwrite", "progress", "tolerances")
     convert_options = {key: options.pop(key) for key in convert_keys if key in options}
     out_dir = Path(out_dir)
-    check_destination(out_dir, bool(convert_options.get("overwrite")))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent) as work:
-        fp32_dir = Path(work) / "fp32"
-        export_onnx(model, fp32_dir, validate=False, progress=convert_options.get("progress", True), **options)
+    with exported_onnx(
+        model,
+        out_dir,
+        "fp32",
+        calib_images=None,
+        overwrite=bool(convert_options.get("overwrite")),
+        progress=convert_options.get("progress", True),
+        onnx_options=options,
+    ) as fp32_dir:
         return convert_onnx_artifact(model, fp32_dir, out_dir, precision, **convert_options)

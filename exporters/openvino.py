@@ -17,25 +17,23 @@ AVX512_BF16) otherwise run fp32 IR in bf16, which flips tokens.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gsq_core.model import GSQTokenizer
+from runtimes.openvino import INSTALL_HINT
 
 from . import ExportError
-from .calibration import folder_images, sample_photos, validation_batches
+from .calibration import photos_for, validation_batches
 from .manifest import file_checksum
-from .onnx_precision import ONNX_PRECISIONS, SourceArtifact, install_artifact, raise_if_failed, validate_into_manifest
-from .staging import StageLog, check_destination, make_staging
+from .onnx_precision import ONNX_PRECISIONS, SourceArtifact, exported_onnx, validate_into_manifest
+from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
 from .validation import Tolerances
 
 TARGET = "openvino"
 OPENVINO_PRECISIONS = ONNX_PRECISIONS  # fp32, fp16, int8
-INSTALL_HINT = "pip install 'gsq-deploy[openvino]' (or: pip install openvino)"
 
 
 def require_openvino() -> Any:
@@ -62,26 +60,21 @@ def export_openvino(
     **onnx_options: Any,
 ) -> dict:
     """ONNX export at `precision` into a temporary folder, then convert_to_openvino into out_dir."""
-    from .onnx import export_onnx
-    from .onnx_precision import convert_onnx_artifact
-
     require_openvino()
     if precision not in OPENVINO_PRECISIONS:
         raise ExportError(
             f"OpenVINO precision {precision!r} is not supported; choose one of {', '.join(OPENVINO_PRECISIONS)}"
         )
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.onnx-", dir=out_dir.parent) as work:
-        onnx_dir = Path(work) / "fp32"
-        export_onnx(model, onnx_dir, validate=False, progress=progress, **onnx_options)
-        if precision != "fp32":
-            reduced = Path(work) / precision
-            convert_onnx_artifact(
-                model, onnx_dir, reduced, precision, calib_images=calib_images, validate=False, progress=progress
-            )
-            onnx_dir = reduced
+    with exported_onnx(
+        model,
+        out_dir,
+        precision,
+        calib_images=calib_images,
+        overwrite=overwrite,
+        progress=progress,
+        onnx_options=onnx_options,
+    ) as onnx_dir:
         return convert_to_openvino(
             model,
             onnx_dir,
@@ -114,8 +107,7 @@ def convert_to_openvino(
         raise ExportError(f"{onnx_dir}: needs an ONNX artifact, found target {source.manifest['target']!r}")
     precision = source.manifest["precision"]
     log = StageLog(progress)
-    staging = make_staging(out_dir)
-    try:
+    with staging_folder(out_dir) as staging:
         manifest = dict(source.manifest)
         manifest["graphs"], manifest["files"] = {}, {}
         for name, onnx_entry in source.graphs.items():
@@ -140,7 +132,7 @@ def convert_to_openvino(
         manifest["tools"] = {**manifest.get("tools", {}), "openvino": ov.get_version()}
         manifest["validation"] = None
         if validate:
-            photos = folder_images(calib_images) if calib_images is not None else sample_photos()
+            photos = photos_for(calib_images)
             batch, size = source.fixed_shape()
             batches = validation_batches(photos, model.downsample_factor, batch, size)
             runner = OpenVinoGraphRunner(staging, manifest["graphs"])
@@ -149,9 +141,6 @@ def convert_to_openvino(
                 model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
         install_artifact(staging, out_dir, manifest, log)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     raise_if_failed(manifest)
     return manifest
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import ExportError
-from .manifest import MANIFEST_NAME
+from . import ExportError, ExportValidationError
+from .manifest import MANIFEST_NAME, write_manifest
 
 
 def check_destination(out_dir: Path, overwrite: bool) -> None:
@@ -31,12 +33,18 @@ def check_destination(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def make_staging(out_dir: Path) -> Path:
-    """A fresh temporary folder next to out_dir (same file system, so the final move is a rename)."""
+@contextlib.contextmanager
+def staging_folder(out_dir: Path) -> Iterator[Path]:
+    """A fresh temporary folder next to out_dir (same file system, so the final move is a rename);
+    removed on exit unless install() moved it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact folder is not
-    return staging
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def install(staging: Path, out_dir: Path) -> None:
@@ -48,6 +56,20 @@ def install(staging: Path, out_dir: Path) -> None:
     staging.rename(out_dir)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def install_artifact(staging: Path, out_dir: Path, manifest: dict, log: "StageLog") -> None:
+    """Write manifest.json into the staging folder and move the finished artifact to out_dir."""
+    write_manifest(staging, manifest)
+    install(staging, out_dir)
+    log.done(f"wrote {out_dir}/manifest.json")
+
+
+def raise_if_failed(manifest: dict) -> None:
+    """ExportValidationError when the manifest's validation failed (after the artifact is written)."""
+    validation = manifest.get("validation")
+    if validation is not None and not validation["passed"]:
+        raise ExportValidationError("validation failed: " + "; ".join(validation["failures"]), manifest)
 
 
 def _umask() -> int:

@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,47 +25,24 @@ from typing import Any
 import numpy as np
 
 from gsq_core.model import GSQTokenizer
+from runtimes.trt import INSTALL_HINT, missing_requirements  # what engines need is the runtime's to say
 
 from . import ExportError
-from .calibration import folder_images, multiple_of, sample_photos, validation_batches
+from .calibration import multiple_of, photos_for, validation_batches
 from .manifest import file_checksum
-from .onnx_precision import (
-    SourceArtifact,
-    install_artifact,
-    lookup_node_names,
-    raise_if_failed,
-    validate_into_manifest,
-)
-from .staging import StageLog, check_destination, make_staging
+from .onnx_precision import SourceArtifact, exported_onnx, lookup_node_names, validate_into_manifest
+from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
 from .tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
 from .validation import Tolerances
 
 TARGET = "trt"
 TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_WORKSPACE_MB = 4096
-INSTALL_HINT = "pip install 'gsq-deploy[trt]' on a machine with an NVIDIA GPU and its CUDA driver"
-
-
-def tensorrt_missing() -> list[str]:
-    """What this machine lacks to build or run engines (empty when TensorRT and a CUDA GPU are here)."""
-    missing = []
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        missing.append("the tensorrt Python package is not installed")
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            missing.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    except ImportError:
-        missing.append("torch is not installed (device buffers use torch CUDA tensors)")
-    return missing
 
 
 def require_tensorrt(what: str = "--target trt") -> Any:
     """The tensorrt module on a CUDA machine, or ExportError in one line saying what is missing."""
-    missing = tensorrt_missing()
+    missing = missing_requirements()
     if missing:
         raise ExportError(f"{what} needs TensorRT and a CUDA GPU: {'; '.join(missing)}. Install: {INSTALL_HINT}")
     import tensorrt
@@ -150,26 +125,21 @@ def export_tensorrt(
     **onnx_options: Any,
 ) -> dict:
     """ONNX export (QDQ for int8) into a temporary folder, then build_engines into out_dir."""
-    from .onnx import export_onnx
-    from .onnx_precision import convert_onnx_artifact
-
     require_tensorrt()  # before any work: one clear line on machines without TensorRT or a GPU
     if precision not in TRT_PRECISIONS:
         raise ExportError(
             f"TensorRT precision {precision!r} is not supported; choose one of {', '.join(TRT_PRECISIONS)}"
         )
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.onnx-", dir=out_dir.parent) as work:
-        onnx_dir = Path(work) / "fp32"
-        export_onnx(model, onnx_dir, validate=False, progress=progress, **onnx_options)
-        if precision == "int8":
-            quantized = Path(work) / "int8"
-            convert_onnx_artifact(
-                model, onnx_dir, quantized, "int8", calib_images=calib_images, validate=False, progress=progress
-            )
-            onnx_dir = quantized
+    with exported_onnx(
+        model,
+        out_dir,
+        "int8" if precision == "int8" else "fp32",  # TensorRT makes fp16/bf16 itself from fp32 graphs
+        calib_images=calib_images,
+        overwrite=overwrite,
+        progress=progress,
+        onnx_options=onnx_options,
+    ) as onnx_dir:
         return build_engines(
             model,
             onnx_dir,
@@ -220,8 +190,7 @@ def build_engines(
     else:
         profile = ProfileShapes.parse(min_shape, opt_shape, max_shape, factor)
     log = StageLog(progress)
-    staging = make_staging(out_dir)
-    try:
+    with staging_folder(out_dir) as staging:
         manifest = dict(source.manifest)
         manifest["graphs"], manifest["files"] = {}, {}
         (staging / "onnx").mkdir()
@@ -279,7 +248,7 @@ def build_engines(
         manifest["tools"] = {**manifest.get("tools", {}), "tensorrt": trt.__version__}
         manifest["validation"] = None
         if validate:
-            photos = folder_images(calib_images) if calib_images is not None else sample_photos()
+            photos = photos_for(calib_images)
             batches = [b for b in validation_batches(photos, factor, batch, size) if _within(b.shape, profile)]
             if not batches:
                 raise ExportError(
@@ -292,9 +261,6 @@ def build_engines(
                 model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
             )
         install_artifact(staging, out_dir, manifest, log)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     raise_if_failed(manifest)
     return manifest
 

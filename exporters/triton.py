@@ -31,8 +31,8 @@ from gsq_core.model import GSQTokenizer
 
 from . import ExportError
 from .manifest import file_checksum, write_manifest
-from .onnx_precision import SourceArtifact, raise_if_failed
-from .staging import StageLog, check_destination, install, make_staging
+from .onnx_precision import SourceArtifact
+from .staging import StageLog, check_destination, install, raise_if_failed, staging_folder
 
 TARGET = "triton"
 TRITON_BACKENDS: dict[str, dict[str, str]] = {
@@ -136,8 +136,7 @@ def make_repository(
             f"lower --triton-max-batch or raise --max-shape"
         )
     log = StageLog(progress)
-    staging = make_staging(out_dir)
-    try:
+    with staging_folder(out_dir) as staging:
         manifest = dict(source.manifest)
         manifest["graphs"], manifest["files"], models = {}, {}, {}
         for name in served:
@@ -172,9 +171,6 @@ def make_repository(
         write_manifest(staging, manifest)
         install(staging, out_dir)
         log.done(f"wrote {out_dir}/manifest.json (tritonserver --model-repository {out_dir})")
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     raise_if_failed(manifest)
     return manifest
 

@@ -16,14 +16,14 @@ from onnx import TensorProto, helper
 from targets_support import FP16, FP32_GRAPHS, assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
 
 from exporters import ExportError
-from exporters.tensorrt import ProfileShapes, input_shapes, tensorrt_missing
+from exporters.tensorrt import ProfileShapes, input_shapes
 from exporters.tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
 from gsq_core.fidelity import score_gaps
 from runtimes import load_runtime
 from runtimes.artifacts import ArtifactError, BackendUnavailableError
-from runtimes.trt import check_engine_compatibility
+from runtimes.trt import check_engine_compatibility, missing_requirements
 
-MISSING = tensorrt_missing()
+MISSING = missing_requirements()
 needs_tensorrt = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "TensorRT available")
 no_tensorrt = pytest.mark.skipif(not MISSING, reason="TensorRT and a CUDA GPU are available")
 
