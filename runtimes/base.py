@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gsq_core.errors import InputError
+
+from .artifacts import Artifact, ArtifactError, load_artifact
 
 
 class TokenizerRuntime(ABC):
@@ -124,3 +128,74 @@ def artifact_info(backend: str, artifact: Any) -> dict[str, Any]:
         "graphs": list(artifact.graphs),
         "validated": manifest.get("validation") is not None,
     }
+
+
+def open_artifact(model_dir: str | Path, target: str) -> Artifact:
+    """load_artifact, refused unless it was exported for `target` and did not fail validation."""
+    artifact = load_artifact(model_dir)
+    manifest = artifact.manifest
+    if manifest["target"] != target:
+        raise ArtifactError(
+            f"{model_dir}: holds a {manifest['target']!r} export; the {target} runtime needs --target {target}"
+        )
+    validation = manifest.get("validation")
+    if validation is not None and not validation.get("passed", False):
+        reasons = "; ".join(validation.get("failures", [])) or "see manifest.json"
+        raise ArtifactError(f"{model_dir}: this export failed validation against eager ({reasons}); not running it")
+    return artifact
+
+
+def run_in_chunks(
+    run: Callable[[np.ndarray], np.ndarray], value: np.ndarray, max_batch: int, min_batch: int = 1
+) -> np.ndarray:
+    """run() over batch chunks of at most max_batch items. A chunk shorter than min_batch (a static
+    export's fixed batch, an engine profile's minimum) is filled up by repeating its last item, and
+    the filler's outputs are dropped."""
+    if min_batch <= value.shape[0] <= max_batch:
+        return run(value)
+    outputs = []
+    for start in range(0, value.shape[0], max_batch):
+        chunk = value[start : start + max_batch]
+        count = chunk.shape[0]
+        if count < min_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], min_batch - count, axis=0)])
+        outputs.append(run(chunk)[:count])
+    return np.concatenate(outputs)
+
+
+class ArtifactRuntime(TokenizerRuntime):
+    """A runtime over an exported artifact directory (self.artifact): input checks and the choice of
+    graphs are here; a backend runs one graph in run_graph."""
+
+    artifact: Artifact
+
+    @abstractmethod
+    def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Run the named graph on a checked batch."""
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        images = check_artifact_images(self.artifact, images)
+        graphs = self.artifact.graphs
+        if "tokenize" in graphs:
+            return self.run_graph("tokenize", images)
+        if "encoder" in graphs and "quantizer" in graphs:
+            return self.run_graph("quantizer", self.run_graph("encoder", images))
+        raise self._missing("encode", "tokenize graph (nor encoder and quantizer graphs)", "tokenize")
+
+    def encode_latent(self, images: np.ndarray) -> np.ndarray:
+        if "encoder" not in self.artifact.graphs:
+            raise self._missing("encode to latents", "encoder graph", "encoder")
+        return self.run_graph("encoder", check_artifact_images(self.artifact, images))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        codes = check_artifact_codes(self.artifact, codes)
+        for name in ("detokenize", "decoder"):
+            if name in self.artifact.graphs:
+                return self.run_graph(name, codes)
+        raise self._missing("decode", "detokenize or decoder graph", "detokenize")
+
+    def _missing(self, action: str, graphs: str, graph: str) -> ArtifactError:
+        return ArtifactError(
+            f"{self.artifact.directory}: cannot {action}: it has no {graphs} "
+            f"(exported: {', '.join(self.artifact.graphs)}); re-export with --graphs {graph}"
+        )

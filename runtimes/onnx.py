@@ -16,8 +16,8 @@ import numpy as np
 
 from gsq_core.errors import InputError
 
-from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
-from .base import TokenizerRuntime, artifact_info, check_artifact_codes, check_artifact_images
+from .artifacts import ArtifactError, BackendUnavailableError
+from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
 
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
@@ -31,7 +31,7 @@ PROVIDERS: dict[str, list[str]] = {
 LOOKUP_SCRATCH_BYTES = 256 * 2**20
 
 
-class OnnxRuntime(TokenizerRuntime):
+class OnnxRuntime(ArtifactRuntime):
     """An artifact directory run by ONNX Runtime; one session per graph, created on first use."""
 
     backend = "onnx"
@@ -40,16 +40,7 @@ class OnnxRuntime(TokenizerRuntime):
         import onnxruntime
 
         self._ort = onnxruntime
-        self.artifact = load_artifact(model_dir)
-        manifest = self.artifact.manifest
-        if manifest["target"] != "onnx":
-            raise ArtifactError(
-                f"{model_dir}: holds a {manifest['target']!r} export; the onnx runtime needs --target onnx"
-            )
-        validation = manifest.get("validation")
-        if validation is not None and not validation.get("passed", False):
-            reasons = "; ".join(validation.get("failures", [])) or "see manifest.json"
-            raise ArtifactError(f"{model_dir}: this export failed validation against eager ({reasons}); not running it")
+        self.artifact = open_artifact(model_dir, "onnx")
         if provider not in PROVIDERS:
             raise BackendUnavailableError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         wanted = PROVIDERS[provider][0]
@@ -67,32 +58,6 @@ class OnnxRuntime(TokenizerRuntime):
         self._sessions: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        images = check_artifact_images(self.artifact, images)
-        graphs = self.artifact.graphs
-        if "tokenize" in graphs:
-            return self._run_batched("tokenize", images)
-        if "encoder" in graphs and "quantizer" in graphs:
-            return self._run_batched("quantizer", self._run_batched("encoder", images))
-        raise ArtifactError(
-            f"{self.artifact.directory}: cannot encode: it needs tokenize.onnx, or encoder.onnx and quantizer.onnx "
-            f"(exported: {', '.join(graphs)}); re-export with --graphs tokenize"
-        )
-
-    def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        return self._run_batched("encoder", check_artifact_images(self.artifact, images))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        artifact = self.artifact
-        codes = check_artifact_codes(artifact, codes)
-        for name in ("detokenize", "decoder"):
-            if name in artifact.graphs:
-                return self._run_batched(name, codes)
-        raise ArtifactError(
-            f"{artifact.directory}: cannot decode: it needs detokenize.onnx or decoder.onnx "
-            f"(exported: {', '.join(artifact.graphs)}); re-export with --graphs detokenize"
-        )
-
     @property
     def info(self) -> dict[str, Any]:
         return {
@@ -139,24 +104,14 @@ class OnnxRuntime(TokenizerRuntime):
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ArtifactError(f"{self.artifact.graph_path(name)}: onnxruntime failed: {first_line}") from None
 
-    def _run_batched(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Run a graph in batch chunks: a static export's fixed batch (the last chunk padded by
-        repeating its last item), or, for a dynamic export, chunks small enough that the lookup's
-        score matrix stays within LOOKUP_SCRATCH_BYTES."""
+    def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Run a graph in batch chunks: a static export's fixed batch, or, for a dynamic export,
+        chunks small enough that the lookup's score matrix stays within LOOKUP_SCRATCH_BYTES."""
         batch, _ = self.artifact.fixed_shape()
-        fixed = batch is not None
-        if not fixed:
-            batch = self._lookup_batch_limit(name, value)
-        if value.shape[0] <= batch and (not fixed or value.shape[0] == batch):
-            return self._run(name, value)
-        outputs = []
-        for start in range(0, value.shape[0], batch):
-            chunk = value[start : start + batch]
-            count = chunk.shape[0]
-            if fixed and count < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
-            outputs.append(self._run(name, chunk)[:count])
-        return np.concatenate(outputs)
+        run = lambda chunk: self._run(name, chunk)  # noqa: E731
+        if batch is not None:
+            return run_in_chunks(run, value, batch, min_batch=batch)
+        return run_in_chunks(run, value, self._lookup_batch_limit(name, value))
 
     def _lookup_batch_limit(self, name: str, value: np.ndarray) -> int:
         """Largest batch whose fp32 score block (vectors x codes per block) fits LOOKUP_SCRATCH_BYTES."""

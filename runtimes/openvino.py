@@ -20,8 +20,8 @@ import numpy as np
 
 from gsq_core.errors import InputError
 
-from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
-from .base import TokenizerRuntime, artifact_info, check_artifact_codes, check_artifact_images
+from .artifacts import ArtifactError, BackendUnavailableError
+from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
 
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
 INSTALL_HINT = "pip install 'gsq-deploy[openvino]' (or: pip install openvino)"
@@ -37,7 +37,7 @@ def compile_graph(path: Path, device: str, inference_precision: str, threads: in
     return openvino.Core().compile_model(str(path), device, config)
 
 
-class OpenVinoRuntime(TokenizerRuntime):
+class OpenVinoRuntime(ArtifactRuntime):
     """An OpenVINO IR artifact directory; one compiled model per graph, compiled on first use."""
 
     backend = "openvino"
@@ -49,16 +49,7 @@ class OpenVinoRuntime(TokenizerRuntime):
             import openvino
         except ImportError:
             raise BackendUnavailableError(f"the openvino runtime needs the openvino package: {INSTALL_HINT}") from None
-        self.artifact = load_artifact(model_dir)
-        manifest = self.artifact.manifest
-        if manifest["target"] != "openvino":
-            raise ArtifactError(
-                f"{model_dir}: holds a {manifest['target']!r} export; the openvino runtime needs --target openvino"
-            )
-        validation = manifest.get("validation")
-        if validation is not None and not validation.get("passed", False):
-            reasons = "; ".join(validation.get("failures", [])) or "see manifest.json"
-            raise ArtifactError(f"{model_dir}: this export failed validation against eager ({reasons}); not running it")
+        self.artifact = open_artifact(model_dir, "openvino")
         available = openvino.Core().available_devices
         if device.split(".")[0] not in {name.split(".")[0] for name in available}:
             raise BackendUnavailableError(
@@ -76,20 +67,6 @@ class OpenVinoRuntime(TokenizerRuntime):
         self._compiled: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        images = check_artifact_images(self.artifact, images)
-        if "tokenize" in self.artifact.graphs:
-            return self._run("tokenize", images)
-        return self._run("quantizer", self._run("encoder", images))
-
-    def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        return self._run("encoder", check_artifact_images(self.artifact, images))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        artifact = self.artifact
-        codes = check_artifact_codes(artifact, codes)
-        return self._run("detokenize" if "detokenize" in artifact.graphs else "decoder", codes)
-
     @property
     def info(self) -> dict[str, Any]:
         return {
@@ -114,22 +91,22 @@ class OpenVinoRuntime(TokenizerRuntime):
                 raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first_line}") from None
         return self._compiled[name]
 
-    def _run(self, name: str, value: np.ndarray) -> np.ndarray:
-        compiled = self.compiled(name)
+    def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Run a graph whole, or in a static export's fixed batch."""
         batch, _ = self.artifact.fixed_shape()
-        chunks = [value] if batch is None else [value[i : i + batch] for i in range(0, value.shape[0], batch)]
-        outputs = []
-        for chunk in chunks:
-            count = chunk.shape[0]
-            if batch is not None and count < batch:  # a static export's fixed batch: repeat the last item
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
-            try:
-                result = compiled({compiled.input(0): chunk})[compiled.output(0)]
-            except RuntimeError as error:
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ArtifactError(f"{self.artifact.graph_path(name)}: OpenVINO failed: {first_line}") from None
-            outputs.append(np.array(result[:count]))
-        return np.concatenate(outputs)
+        run = lambda chunk: self._infer(name, chunk)  # noqa: E731
+        if batch is None:
+            return run(value)
+        return run_in_chunks(run, value, batch, min_batch=batch)
+
+    def _infer(self, name: str, value: np.ndarray) -> np.ndarray:
+        compiled = self.compiled(name)
+        try:
+            result = compiled({compiled.input(0): value})[compiled.output(0)]
+        except RuntimeError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: OpenVINO failed: {first_line}") from None
+        return np.array(result)  # a copy: OpenVINO reuses its output buffer on the next call
 
 
 def main() -> None:

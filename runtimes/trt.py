@@ -21,8 +21,8 @@ import numpy as np
 
 from gsq_core.errors import InputError
 
-from .artifacts import ArtifactError, BackendUnavailableError, load_artifact
-from .base import TokenizerRuntime, artifact_info, check_artifact_codes, check_artifact_images
+from .artifacts import ArtifactError, BackendUnavailableError
+from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
 
 INSTALL_HINT = "pip install 'gsq-deploy[trt]' on a machine with an NVIDIA GPU and its CUDA driver"
 
@@ -63,22 +63,14 @@ def check_engine_compatibility(
         )
 
 
-class TrtRuntime(TokenizerRuntime):
+class TrtRuntime(ArtifactRuntime):
     """A TensorRT artifact directory; one engine and execution context per graph, loaded on first use."""
 
     backend = "trt"
 
     def __init__(self, model_dir: str | Path, device: int = 0):
-        self.artifact = load_artifact(model_dir)
+        self.artifact = open_artifact(model_dir, "trt")
         manifest = self.artifact.manifest
-        if manifest["target"] != "trt":
-            raise ArtifactError(
-                f"{model_dir}: holds a {manifest['target']!r} export; the trt runtime needs --target trt"
-            )
-        validation = manifest.get("validation")
-        if validation is not None and not validation.get("passed", False):
-            reasons = "; ".join(validation.get("failures", [])) or "see manifest.json"
-            raise ArtifactError(f"{model_dir}: this export failed validation against eager ({reasons}); not running it")
         missing = missing_requirements()
         if missing:
             raise BackendUnavailableError(
@@ -104,21 +96,6 @@ class TrtRuntime(TokenizerRuntime):
         self._engines: dict[str, tuple[Any, Any]] = {}
 
     # -- interface ---------------------------------------------------------------------------------
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        images = check_artifact_images(self.artifact, images)
-        if "tokenize" in self.artifact.graphs:
-            return self._run("tokenize", images)
-        return self._run("quantizer", self._run("encoder", images))
-
-    def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        images = check_artifact_images(self.artifact, images)
-        return self._run("encoder", images)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        artifact = self.artifact
-        codes = check_artifact_codes(artifact, codes)
-        return self._run("detokenize" if "detokenize" in artifact.graphs else "decoder", codes)
-
     @property
     def info(self) -> dict[str, Any]:
         manifest = self.artifact.manifest
@@ -141,23 +118,17 @@ class TrtRuntime(TokenizerRuntime):
             self._engines[name] = (engine, engine.create_execution_context())
         return self._engines[name]
 
-    def _run(self, name: str, value: np.ndarray) -> np.ndarray:
+    def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Run a graph in chunks the engine's profile accepts: at most its max batch, short chunks
-        filled up to its min batch by repeating the last item (a static export's fixed batch)."""
+        filled up to its min batch (a static export's fixed batch)."""
         entry = self.artifact.graphs[name]
         profile = entry.get("profile") or {}
         low, high = profile.get("min"), profile.get("max")
+        run = lambda chunk: self._run_chunk(name, entry, chunk)  # noqa: E731
         if low is None or high is None:
-            return self._run_chunk(name, entry, value)
+            return run(value)
         self._check_profile(name, low, high, value.shape)
-        outputs = []
-        for start in range(0, value.shape[0], high[0]):
-            chunk = value[start : start + high[0]]
-            count = chunk.shape[0]
-            if count < low[0]:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], low[0] - count, axis=0)])
-            outputs.append(self._run_chunk(name, entry, chunk)[:count])
-        return np.concatenate(outputs)
+        return run_in_chunks(run, value, high[0], min_batch=low[0])
 
     def _run_chunk(self, name: str, entry: dict[str, Any], value: np.ndarray) -> np.ndarray:
         torch = self._torch

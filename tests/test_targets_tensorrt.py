@@ -214,7 +214,7 @@ def test_trt_runtime_splits_batches_to_fit_the_profile():
 
     runtime._run_chunk = run_chunk
     images = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 3, 64, 64), np.float32)
-    out = runtime._run("tokenize", images)
+    out = runtime.run_graph("tokenize", images)
     assert chunks == [4, 2] and out.tolist() == [0, 1, 2, 3, 4]  # last chunk of 1 padded to the min batch 2
     with pytest.raises(InputError, match="outside the tokenize engine's profile"):
-        runtime._run("tokenize", np.zeros((1, 3, 256, 64), np.float32))
+        runtime.run_graph("tokenize", np.zeros((1, 3, 256, 64), np.float32))
