@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import machine_info, run_json_worker, time_calls
 from gsq_core.errors import GSQError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,13 +137,7 @@ def directory_mb(path: Path) -> float:
 
 # -- measuring ------------------------------------------------------------------------------------
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.backend_worker", json.dumps(job)]
-    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True)
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "error", "reason": f"worker exited with {completed.returncode}: {last}"}
-    return json.loads(lines[-1])
+    return run_json_worker("benchmarks.backend_worker", json.dumps(job), REPO_ROOT)
 
 
 def model_flops(model: Any, height: int, width: int) -> dict[str, int]:
@@ -163,8 +157,6 @@ def model_flops(model: Any, height: int, width: int) -> dict[str, int]:
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """fp32 GFLOP/s of a large square matmul with this many threads: the machine's practical peak."""
     import torch
-
-    from benchmarks.measure import time_calls
 
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -220,7 +212,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.backend_worker import timing_images
     from benchmarks.compare_report import fidelity, load_outputs
-    from benchmarks.measure import machine_info
     from gsq_core.api import load_tokenizer, resolve_checkpoint
     from gsq_core.images import expand_image_paths, read_image
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import torch
 
 from benchmarks.lookup_case import LookupCase
 from benchmarks.lookup_worker import build_inputs, grouped_vectors
+from benchmarks.measure import run_json_worker
 from gsq_core.lookup import (
     _sorted_codebook,
     exact_scores,
@@ -26,13 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_worker(case: LookupCase) -> dict[str, Any]:
     """Run one case in a fresh process; its JSON line is the result."""
-    command = [sys.executable, "-m", "benchmarks.lookup_worker", json.dumps(asdict(case))]
-    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True)
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "error", "reason": f"worker exited with {completed.returncode}: {last}"}
-    return json.loads(lines[-1])
+    return run_json_worker("benchmarks.lookup_worker", json.dumps(asdict(case)), REPO_ROOT)
 
 
 def exact_reference(case: LookupCase, check_rows: int) -> tuple[np.ndarray, np.ndarray, Any]:

@@ -7,6 +7,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,3 +130,15 @@ def write_json(path: Path, data: Any, overwrite: bool) -> None:
 
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def run_json_worker(module: str, payload: str, cwd: Path) -> dict[str, Any]:
+    """`python -m module payload` in a fresh process; its last stdout line is the JSON result, or
+    {"status": "error", "reason": ...} with the last stderr line when it failed."""
+    command = [sys.executable, "-m", module, payload]
+    completed = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True)
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "error", "reason": f"worker exited with {completed.returncode}: {last}"}
+    return json.loads(lines[-1])

@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from gsq_core.errors import GSQError
+from gsq_core.console import run_command
 
 from . import GRAPH_NAMES, TARGETS, ExportValidationError, export_function, target_options
 from .staging import StageLog, check_destination
 
-EXIT_ERROR, EXIT_VALIDATION_FAILED = 2, 1
+EXIT_VALIDATION_FAILED = 1  # an artifact was written but failed validation against eager
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,16 +139,4 @@ def _fidelity_text(result: dict[str, Any]) -> str:
 
 def main() -> None:
     """Console entry (`gsq-export`): one-line errors and a non-zero exit, no tracebacks, for user mistakes."""
-    try:
-        export_command(standalone_mode=False, prog_name="gsq-export")
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except ExportValidationError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_VALIDATION_FAILED)
-    except (GSQError, FileExistsError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_ERROR)
+    run_command(export_command, "gsq-export", {ExportValidationError: EXIT_VALIDATION_FAILED})

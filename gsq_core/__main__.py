@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from .errors import GSQError
+from .console import run_command
 
 
 @click.group()
@@ -57,16 +56,7 @@ def roundtrip(checkpoint: str, out_dir: Path, resize: str | None, overwrite: boo
 
 def run() -> None:
     """Console entry: one-line errors, no tracebacks, for user mistakes."""
-    try:
-        main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except (GSQError, FileExistsError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    run_command(main, "python -m gsq_core")
 
 
 if __name__ == "__main__":

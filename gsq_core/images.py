@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -39,22 +44,32 @@ def float_to_uint8(image: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8).transpose(1, 2, 0)
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> LoadedImage:
-    """Decode one file to RGB; with size=(H, W), resize (bicubic) when it differs."""
+@contextlib.contextmanager
+def opened_image(path: Path) -> Iterator[PILImage.Image]:
+    """PIL's Image.open(path); a missing, corrupt or truncated file, here or while the caller
+    reads it, becomes one InputError that names the file."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
         with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            rgb = image.convert("RGB") if mode != "RGB" else image.copy()
+            yield image
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not an image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InputError(f"{path}: cannot decode image (corrupt, truncated or not an image): {error}") from None
+
+
+def read_image(path: str | Path, size: tuple[int, int] | None = None) -> LoadedImage:
+    """Decode one file to RGB; with size=(H, W), resize (bicubic) when it differs."""
+    from PIL import Image
+
+    path = Path(path)
+    with opened_image(path) as image:
+        image.load()
+        mode = image.mode
+        rgb = image.convert("RGB") if mode != "RGB" else image.copy()
     resized_from = None
     if size is not None and (rgb.height, rgb.width) != tuple(size):
         resized_from = (rgb.height, rgb.width)

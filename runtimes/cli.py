@@ -21,29 +21,19 @@ from typing import Any, Callable, Iterator, Sequence
 import click
 import numpy as np
 
-from gsq_core.errors import GSQError, InputError
-from gsq_core.images import expand_image_paths, parse_size, read_image, write_image
+from gsq_core.console import run_command
+from gsq_core.errors import InputError
+from gsq_core.images import expand_image_paths, opened_image, parse_size, read_image, write_image
 
 from . import load_runtime
 from .base import TokenizerRuntime, check_codes
 
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images
-EXIT_ERROR = 2
 
 
 def run_cli(backend: str, model_help: str, options: Sequence[Callable]) -> None:
     """Build the encode/decode group for one backend and run it with one-line errors."""
-    group = build_cli(backend, model_help, options)
-    try:
-        group(standalone_mode=False, prog_name=f"python -m runtimes.{backend}")
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except (GSQError, FileExistsError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_ERROR)
+    run_command(build_cli(backend, model_help, options), f"python -m runtimes.{backend}")
 
 
 def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> click.Group:
@@ -135,19 +125,10 @@ def check_image_headers(paths: list[Path], factor: int, resize: bool) -> None:
 
     Prints a notice for each image that is not RGB (grayscale, RGBA, palette...): it is converted.
     """
-    from PIL import Image, UnidentifiedImageError
-
     first: tuple[Path, tuple[int, int]] | None = None
     for path in paths:
-        try:
-            with Image.open(path) as image:  # reads the header only
-                shape, mode = (image.height, image.width), image.mode
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory, not an image") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise InputError(f"{path}: cannot decode image (corrupt, truncated or not an image): {error}") from None
+        with opened_image(path) as image:  # reads the header only
+            shape, mode = (image.height, image.width), image.mode
         if mode != "RGB":
             click.echo(f"note: {path}: converted {mode} to RGB", err=True)
         if resize:
