@@ -113,8 +113,11 @@ def convert_to_openvino(
         for name, onnx_entry in source.graphs.items():
             log.start()
             xml_name = Path(onnx_entry["file"]).with_suffix(".xml").name
+            # Core.read_model reads ONNX through the frontend directly. ov.convert_model (ovc) would
+            # also start OpenVINO's telemetry, which forks a process from a background thread: a fork
+            # while this thread is inside an OpenBLAS call deadlocks it (the export hang of issue 11).
             ov.save_model(
-                ov.convert_model(str(source.graph_path(name))), str(staging / xml_name), compress_to_fp16=False
+                ov.Core().read_model(str(source.graph_path(name))), str(staging / xml_name), compress_to_fp16=False
             )
             bin_name = Path(xml_name).with_suffix(".bin").name
             entry = {**onnx_entry, "file": xml_name, "weights": bin_name, "converted_from": onnx_entry["file"]}
