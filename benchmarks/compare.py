@@ -22,7 +22,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.measure import machine_info, run_json_worker, time_calls
+from benchmarks.measure import machine_info, missing_package, run_json_worker, time_calls
 from gsq_core.errors import GSQError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -311,6 +311,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = missing_package("benchmarks/compare.py", ("torch", "bench"), ("skimage", "bench"))
+    if problem:  # the eager reference runs in torch; SSIM comes from scikit-image
+        print(problem, file=sys.stderr)
+        return 2
     report_path = args.out / "report.json"
     if report_path.exists() and not args.overwrite:
         print(f"error: {report_path} already exists; pass --overwrite to replace it", file=sys.stderr)

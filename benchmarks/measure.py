@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 
+def missing_package(what: str, *requirements: tuple[str, str]) -> str | None:
+    """`error: ...` naming the pip extra for the first (module, extra) that is not installed, or None."""
+    from gsq_core.extras import MissingPackageError, require
+
+    for module, extra in requirements:
+        try:
+            require(module, extra, what)
+        except MissingPackageError as error:
+            return f"error: {error}"
+    return None
+
+
 def time_calls(function: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     """Wall-clock seconds of `repeats` calls after `warmup` untimed calls."""
     for _ in range(warmup):

@@ -165,7 +165,13 @@ def target_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.measure import missing_package
+
     args = build_parser().parse_args(argv)
+    problem = missing_package("benchmarks/quantizer.py", ("torch", "bench"))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2

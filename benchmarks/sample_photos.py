@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 8:
         parser.error(f"--size {args.size} is too small (at least 8)")
+    from benchmarks.measure import missing_package
+
+    problem = missing_package("benchmarks.sample_photos", ("skimage", "bench"))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     import numpy as np
     import skimage.data
     from PIL import Image

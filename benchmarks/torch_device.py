@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tie-tolerance", type=float, default=1e-6, help="largest float64 score gap allowed")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    from benchmarks.measure import missing_package
 
+    problem = missing_package("benchmarks.torch_device", ("torch", "bench"))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     import torch
 
     from gsq_core import load_tokenizer

@@ -53,7 +53,10 @@ def export_command(
     **more_options: Any,
 ) -> None:
     """Export a GSQ tokenizer checkpoint (e.g. --target onnx) and validate it against eager PyTorch."""
+    from gsq_core.extras import require_torch
     from gsq_core.images import parse_size
+
+    require_torch("gsq-export")  # the eager model is the export's source and its reference
 
     from . import select_graphs
 

@@ -7,13 +7,14 @@ target (ONNX Runtime here; TensorRT, OpenVINO later) is judged by the same code 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
-import torch
 
 from gsq_core.fidelity import psnr, score_gaps
-from gsq_core.model import GSQTokenizer
+
+if TYPE_CHECKING:
+    from gsq_core.model import GSQTokenizer
 
 RunGraph = Callable[[str, dict[str, np.ndarray]], np.ndarray]
 
@@ -89,6 +90,8 @@ def validate_graphs(
     tolerances: Tolerances | None = None,
 ) -> dict:
     """Run every graph on the batches and against eager; return the report (report['passed'])."""
+    import torch
+
     graphs = list(graphs)
     tolerances = tolerances or TOLERANCES[precision]
     spec = model.quantizer.lookup_spec()

@@ -12,6 +12,9 @@ from .console import run_command
 @click.group()
 def main() -> None:
     """GSQ tokenizer (eager PyTorch reference)."""
+    from .extras import require_torch
+
+    require_torch("python -m gsq_core")  # every command runs the eager model
 
 
 @main.command()

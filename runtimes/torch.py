@@ -1,6 +1,8 @@
 """The eager PyTorch reference behind the runtime interface: a checkpoint, no export needed.
 
 CLI: `python -m runtimes.torch encode|decode --model CKPT ...` (see runtimes.cli).
+The only runtime that needs torch (`pip install 'gsq-deploy[torch]'`); it is imported when a
+runtime is opened, so without it this module still loads and answers in one line.
 """
 
 from __future__ import annotations
@@ -9,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from gsq_core.api import load_tokenizer
 from gsq_core.errors import InputError
-from gsq_core.numerics import plain_fp32
+from gsq_core.extras import MissingPackageError, require_torch
 
 from .artifacts import BackendUnavailableError
 from .base import TokenizerRuntime, check_codes, check_images
@@ -26,6 +26,13 @@ class TorchRuntime(TokenizerRuntime):
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu"):
         try:
+            torch = require_torch("the torch runtime")
+        except MissingPackageError as error:
+            raise BackendUnavailableError(str(error)) from None
+        from gsq_core.api import load_tokenizer
+
+        self._torch = torch
+        try:
             self.device = torch.device(device)
         except RuntimeError:
             raise InputError(f"device {device!r} is not a torch device name (cpu, cuda, cuda:0, ...)") from None
@@ -35,22 +42,19 @@ class TorchRuntime(TokenizerRuntime):
         self.model = load_tokenizer(checkpoint, device=self.device).eval()
         self.token_layout = "BHWG" if self.model.quantizer.has_group_axis else "BHW"
 
-    @torch.no_grad()
     def encode(self, images: np.ndarray) -> np.ndarray:
-        with plain_fp32(self.device.type):
+        with self._reference_numerics():
             return self.model.encode(self._images(images)).cpu().numpy()
 
-    @torch.no_grad()
     def encode_latent(self, images: np.ndarray) -> np.ndarray:
-        with plain_fp32(self.device.type):
+        with self._reference_numerics():
             return self.model.encode_latent(self._images(images)).float().cpu().numpy()
 
-    @torch.no_grad()
     def decode(self, codes: np.ndarray) -> np.ndarray:
         model = self.model
         codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.config.use_adaptive_norm)
-        with plain_fp32(self.device.type):
-            return model.decode(torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
+        with self._reference_numerics():
+            return model.decode(self._torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
 
     @property
     def info(self) -> dict[str, Any]:
@@ -65,9 +69,20 @@ class TorchRuntime(TokenizerRuntime):
             "checkpoint": self.checkpoint,
         }
 
-    def _images(self, images: np.ndarray) -> torch.Tensor:
+    def _reference_numerics(self) -> Any:
+        """no_grad and plain fp32 (no autocast, no TF32) around a call."""
+        import contextlib
+
+        from gsq_core.numerics import plain_fp32
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._torch.no_grad())
+        stack.enter_context(plain_fp32(self.device.type))
+        return stack
+
+    def _images(self, images: np.ndarray) -> Any:
         pixels = check_images(images, self.model.downsample_factor, self.model.config.input_channels)
-        return torch.from_numpy(pixels).to(self.device)
+        return self._torch.from_numpy(pixels).to(self.device)
 
 
 def main() -> None:

@@ -20,11 +20,18 @@ if __package__ in (None, ""):  # run as a script: import the `train` package fro
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
+
+from gsq_core.extras import missing_package_message
+
+_MISSING = [name for name in ("torch", "yaml", "accelerate") if importlib.util.find_spec(name) is None]
+if _MISSING:  # one line naming the extra, not a ModuleNotFoundError from the import below
+    sys.exit(f"error: {missing_package_message(_MISSING[0], 'train', 'train/main.py')}")
 
 import torch
 import yaml
