@@ -49,10 +49,9 @@ def token_agreement(model_cpu: Any, model_device: Any, images: list[Any], device
     """Tokens of every image on CPU and on the device; differing tokens must be near-ties."""
     import torch
 
-    from gsq_core.fidelity import LookupSpec, score_gaps
+    from gsq_core.fidelity import score_gaps
 
-    quantizer = model_cpu.config.to_dict()["quantizer"]
-    spec = LookupSpec.from_config(model_cpu.quantizer.codebook.weight.detach().numpy(), quantizer)
+    spec = model_cpu.quantizer.lookup_spec()
     total = differing = 0
     worst_gap = 0.0
     with torch.no_grad():

@@ -28,6 +28,7 @@ def model_facts(model: GSQTokenizer) -> dict[str, Any]:
 
     quantizer = model.quantizer
     return {
+        "family": model.family,
         "config": model.config.to_dict(),
         "num_embed": model.num_embed,
         "num_group": model.num_group,
@@ -35,9 +36,11 @@ def model_facts(model: GSQTokenizer) -> dict[str, Any]:
         "embed_dim": model.config.embedding_dim,
         "input_channels": model.config.input_channels,
         "downsample_factor": model.downsample_factor,
-        "token_layout": "BHWG" if quantizer.has_group_axis else "BHW",
+        "token_layout": quantizer.token_layout,
+        # The decoder's smallest token grid, h * w (2 where adaptive group norm needs a variance).
+        "min_token_positions": model.min_token_positions,
         "lookup": {
-            "normalization": quantizer.config.lookup_normalization,
+            "normalization": quantizer.lookup_normalization,
             # score = normalize(x) . c (+ bias -|c|^2/2 when "bias"), argmax over codes.
             "bias": lookup_bias(model) is not None,
             "ties": "lowest index",

@@ -215,9 +215,10 @@ def _shape_plan(
     height, width = image_size
     if height <= 0 or width <= 0 or height % factor or width % factor:
         raise ExportError(f"image size {height}x{width} is not a positive multiple of the downsampling factor {factor}")
-    if height // factor * (width // factor) < 2 and model.config.use_adaptive_norm:
+    if height // factor * (width // factor) < model.min_token_positions:
         raise ExportError(
-            f"image size {height}x{width} gives a 1x1 token grid; adaptive group norm needs at least 2 tokens"
+            f"image size {height}x{width} gives a {height // factor}x{width // factor} token grid; this model's "
+            f"decoder needs at least {model.min_token_positions} token positions"
         )
     batch = 1 if batch_size is None else batch_size
     if batch < 1:

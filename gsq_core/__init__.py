@@ -1,4 +1,6 @@
-"""gsq_core: the GSQ image tokenizer in PyTorch (eager reference), checkpoints and image helpers.
+"""gsq_core: GSQ and IBQ image tokenizers in PyTorch (eager reference), checkpoints and image helpers.
+
+Model families (gsq_core.families): "flex" (flex_gen's GSQ-GAN) and "ibq" (SEED-Voken's IBQ).
 
 Public API:
     from gsq_core import load_tokenizer
@@ -22,6 +24,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "TokenizerConfig": ".config",
     "QuantizerConfig": ".config",
+    "IBQConfig": ".ibq_config",
+    "list_families": ".families",
+    "config_from_dict": ".families",
     "GSQTokenizer": ".model",
     "load_tokenizer": ".api",
     "build_tokenizer": ".api",
@@ -34,6 +39,8 @@ __all__ = ["CheckpointError", "ConfigError", "GSQError", "InputError", "__versio
 if TYPE_CHECKING:
     from .api import build_tokenizer, load_tokenizer
     from .config import QuantizerConfig, TokenizerConfig
+    from .families import config_from_dict, list_families
+    from .ibq_config import IBQConfig
     from .model import GSQTokenizer
     from .registry import list_presets, preset_config
 

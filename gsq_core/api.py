@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import tokenizer_from_file
-from .config import TokenizerConfig
+from .config import ArchitectureConfig
 from .errors import CheckpointError
 from .model import GSQTokenizer
 from .registry import CHECKPOINTS, PRESETS, preset_config
@@ -32,12 +32,23 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path_or_name: str | Path, device: str | torch.device = "cpu") -> GSQTokenizer:
-    """Load a trained tokenizer (eval mode) from a native .safetensors, an upstream .pt, or a name."""
-    return tokenizer_from_file(resolve_checkpoint(path_or_name), device=device)
+def load_tokenizer(
+    path_or_name: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    config: str | Path | ArchitectureConfig | None = None,
+    ema: bool = True,
+) -> GSQTokenizer:
+    """Load a trained tokenizer (eval mode): a native .safetensors, a flex_gen .pt, a SEED-Voken IBQ
+    Lightning .ckpt, or a name.
+
+    config: for a Lightning .ckpt, its LightningCLI YAML (or a preset name); default: the .yaml beside
+    it with the same stem. ema: the EMA weights (what SEED-Voken evaluates), or the raw ones (False).
+    """
+    return tokenizer_from_file(resolve_checkpoint(path_or_name), device=device, config=config, ema=ema)
 
 
-def build_tokenizer(preset_or_config: str | TokenizerConfig, seed: int | None = None) -> GSQTokenizer:
+def build_tokenizer(preset_or_config: str | ArchitectureConfig, seed: int | None = None) -> GSQTokenizer:
     """A freshly initialised (untrained) tokenizer from a preset name or a config."""
     config = preset_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     if seed is not None:

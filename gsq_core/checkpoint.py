@@ -10,8 +10,10 @@ from typing import Any, Callable
 
 import torch
 
-from .config import ConfigError, QuantizerConfig, TokenizerConfig
+from .config import ArchitectureConfig, ConfigError, QuantizerConfig, TokenizerConfig
 from .errors import CheckpointError
+from .checkpoint_ibq import is_lightning_checkpoint, read_lightning_checkpoint
+from .families import DEFAULT_FAMILY, config_from_json, get_family
 from .model import GSQTokenizer
 from .safe_pickle import load_config_pickle
 
@@ -132,6 +134,7 @@ def save_native(model: GSQTokenizer, path: str | Path, overwrite: bool = False) 
     metadata = {
         "format": NATIVE_FORMAT,
         "format_version": NATIVE_FORMAT_VERSION,
+        "family": model.config.family,
         "config": model.config.to_json(),
     }
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
@@ -155,7 +158,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
             tmp.unlink()
 
 
-def _read_native(path: Path) -> tuple[TokenizerConfig, dict[str, torch.Tensor]]:
+def _read_native(path: Path) -> tuple[ArchitectureConfig, dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -175,21 +178,47 @@ def _read_native(path: Path) -> tuple[TokenizerConfig, dict[str, torch.Tensor]]:
             f"(this toolkit reads version {NATIVE_FORMAT_VERSION})"
         )
     try:
-        config = TokenizerConfig.from_json(metadata["config"])
+        # Files written before families existed record none: they are flex models.
+        family = get_family(metadata.get("family", DEFAULT_FAMILY))
+        config = config_from_json(metadata["config"])
+        if config.family != family.name:
+            raise ConfigError(f"the metadata names family {family.name!r}, its config is a {config.family!r} config")
     except ConfigError as error:
         raise CheckpointError(f"{path}: invalid config: {error}") from None
     return config, state_dict
 
 
-def _read_upstream(path: Path) -> tuple[TokenizerConfig, dict[str, torch.Tensor]]:
+def _load_torch_package(path: Path) -> Any:
+    """torch.load(weights_only=True): tensors and plain values only; anything else is refused unrun."""
+    import re
+
     try:
-        package = torch.load(str(path), map_location="cpu", weights_only=True)
+        with path.open("rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+        # mmap: a large checkpoint's tensors stay on disk until used (only zip archives can be mapped).
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as error:  # torch raises many types for damaged or hostile files
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        hostile = re.search(r"unsupported GLOBAL ([\w.]+)", text)
+        if hostile:
+            raise CheckpointError(
+                f"{path}: refusing to load: its pickle references {hostile.group(1)}, which is not a tensor or plain "
+                "value and could run code (read with weights_only=True; nothing was run)"
+            ) from None
+        message = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(
             f"{path}: cannot read as a PyTorch checkpoint with weights_only=True (truncated, corrupt, "
             f"or it holds objects other than tensors): {message}"
         ) from None
+
+
+def _read_upstream(
+    path: Path, config: str | Path | ArchitectureConfig | None = None, ema: bool = True
+) -> tuple[ArchitectureConfig, dict[str, torch.Tensor]]:
+    package = _load_torch_package(path)
+    if is_lightning_checkpoint(package):
+        return read_lightning_checkpoint(path, package, config, ema)
+    _refuse_lightning_options(path, config, ema)
     if not isinstance(package, dict) or "model_state_dict" not in package:
         raise CheckpointError(f"{path}: no 'model_state_dict' in this checkpoint (not a flex_gen tokenizer checkpoint)")
     if "config" not in package:
@@ -215,19 +244,34 @@ def _file_kind(path: Path) -> str:
     return "unknown"
 
 
-def read_checkpoint(path: str | Path) -> tuple[TokenizerConfig, dict[str, torch.Tensor]]:
-    """Config and state dict (our key names) from a native or upstream checkpoint file."""
+def read_checkpoint(
+    path: str | Path, config: str | Path | ArchitectureConfig | None = None, ema: bool = True
+) -> tuple[ArchitectureConfig, dict[str, torch.Tensor]]:
+    """Config and state dict (our key names) from a native, flex_gen or Lightning (IBQ) checkpoint file.
+
+    config and ema apply to Lightning checkpoints only (gsq_core.checkpoint_ibq): the model's YAML
+    (default: the one beside the file with the same stem) and EMA (default) or raw weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     kind = _file_kind(path)
     if kind == "safetensors":
+        _refuse_lightning_options(path, config, ema)
         return _read_native(path)
     if kind == "torch":
-        return _read_upstream(path)
+        return _read_upstream(path, config, ema)
     raise CheckpointError(
         f"{path}: neither a .safetensors file nor a PyTorch checkpoint (empty, truncated or another format)"
     )
+
+
+def _refuse_lightning_options(path: Path, config: Any, ema: bool) -> None:
+    """config / ema=False mean something only for Lightning checkpoints; elsewhere they are a mistake."""
+    if config is not None:
+        raise CheckpointError(f"{path}: carries its own model config; --config (config=) is for IBQ Lightning checkpoints")
+    if not ema:
+        raise CheckpointError(f"{path}: holds one set of weights; --no-ema (ema=False) is for IBQ Lightning checkpoints")
 
 
 def load_state_dict_checked(model: GSQTokenizer, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -250,20 +294,20 @@ def load_state_dict_checked(model: GSQTokenizer, state_dict: dict[str, torch.Ten
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()})
 
 
-def tokenizer_from_file(path: str | Path, device: str | torch.device = "cpu") -> GSQTokenizer:
+def tokenizer_from_file(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    config: str | Path | ArchitectureConfig | None = None,
+    ema: bool = True,
+) -> GSQTokenizer:
     """Build the model a checkpoint file describes and load its weights (eval mode)."""
-    config, state_dict = read_checkpoint(path)
+    config, state_dict = read_checkpoint(path, config, ema)
     model = GSQTokenizer(config)
     load_state_dict_checked(model, state_dict, str(path))
     return model.to(device).eval()
 
 
-def config_summary(config: TokenizerConfig) -> str:
+def config_summary(config: ArchitectureConfig) -> str:
     """One line describing a model configuration."""
-    q = config.quantizer
-    return (
-        f"{q.quantize_type.upper()} f{config.downsample_factor} D={q.embed_dim} G={q.num_group} d={q.group_dim} "
-        f"V={q.num_embed} lookup={q.lookup_normalization} hidden={config.hidden_channels} "
-        f"multipliers={list(config.channel_multipliers)}"
-    )
+    return config.summary()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
 
@@ -87,9 +87,97 @@ class QuantizerConfig:
         return "none"
 
 
+class ArchitectureConfig:
+    """What every model family's config offers: validation, JSON round trip and the shape facts.
+
+    A subclass is a dataclass with a `quantizer` field and its family's constructor options; it sets
+    `family` (the registry name, written into the JSON) and the properties below.
+    """
+
+    family: ClassVar[str] = ""
+    quantizer: QuantizerConfig
+
+    @property
+    def input_channels(self) -> int:
+        """Image channels in (and out)."""
+        raise NotImplementedError
+
+    @property
+    def embedding_dim(self) -> int:
+        """Latent channels D the encoder hands to the quantizer."""
+        return self.quantizer.embed_dim
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial reduction from image to token grid."""
+        raise NotImplementedError
+
+    @property
+    def min_token_positions(self) -> int:
+        """Fewest token positions (h * w) the decoder can decode."""
+        return 1
+
+    @property
+    def quantizer_loss_weight(self) -> float:
+        """Weight of the quantizer's loss in the generator objective."""
+        return 1.0
+
+    def summary(self) -> str:
+        """One line describing the configuration."""
+        q = self.quantizer
+        return (
+            f"{self.family} {q.quantize_type.upper()} f{self.downsample_factor} D={q.embed_dim} G={q.num_group} "
+            f"d={q.group_dim} V={q.num_embed} lookup={q.lookup_normalization}"
+        )
+
+    def validate(self) -> "ArchitectureConfig":
+        """Raise ConfigError when options are inconsistent; return self for chaining."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict with the family name (tuples become lists)."""
+        return {"family": self.family, **json.loads(json.dumps(dataclasses.asdict(self)))}
+
+    def to_json(self) -> str:
+        """Canonical JSON text (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build and validate from a dict as written by to_dict; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a tokenizer config must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        family = data.pop("family", cls.family)
+        if family != cls.family:
+            raise ConfigError(f"a {family!r} config cannot be read as a {cls.family!r} config")
+        _reject_unknown(cls, data, f"{cls.family} tokenizer config")
+        quantizer = quantizer_config_from_dict(data.pop("quantizer", {}))
+        try:
+            config = cls(**data, quantizer=quantizer)
+        except TypeError as error:
+            raise ConfigError(f"invalid tokenizer config: {error}") from None
+        return config.validate()
+
+    @classmethod
+    def from_json(cls, text: str):
+        """Parse JSON text written by to_json."""
+        return cls.from_dict(parse_config_json(text))
+
+
+def parse_config_json(text: str) -> Any:
+    """json.loads with a ConfigError for bad text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"tokenizer config is not valid JSON: {error}") from None
+
+
 @dataclass
-class TokenizerConfig:
-    """Encoder/decoder options, named as in the upstream FlexTokenizer constructor."""
+class TokenizerConfig(ArchitectureConfig):
+    """The `flex` family (flex_gen's GSQ-GAN): options named as in the upstream FlexTokenizer constructor."""
+
+    family: ClassVar[str] = "flex"
 
     input_channels: int = 3
     hidden_channels: int = 128
@@ -121,6 +209,20 @@ class TokenizerConfig:
     def downsample_factor(self) -> int:
         """Spatial reduction from image to token grid: 2 ** (number of multipliers - 1)."""
         return 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def min_token_positions(self) -> int:
+        """Adaptive group norm divides by the latent's unbiased variance over positions: it needs 2."""
+        return 2 if self.use_adaptive_norm else 1
+
+    @property
+    def quantizer_loss_weight(self) -> float:
+        return self.quantizer_aux_loss_weight
+
+    def summary(self) -> str:
+        return (
+            f"{super().summary()} hidden={self.hidden_channels} multipliers={list(self.channel_multipliers)}"
+        )
 
     def validate(self) -> "TokenizerConfig":
         """Raise ConfigError when options are inconsistent; return self for chaining."""
@@ -159,37 +261,6 @@ class TokenizerConfig:
                 "the encoder output is what the quantizer splits into groups"
             )
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-compatible dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_json(self) -> str:
-        """Canonical JSON text (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenizerConfig":
-        """Build and validate from a dict as written by to_dict; unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a tokenizer config must be a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        _reject_unknown(cls, data, "tokenizer config")
-        quantizer = quantizer_config_from_dict(data.pop("quantizer", {}))
-        try:
-            config = cls(**data, quantizer=quantizer)
-        except TypeError as error:
-            raise ConfigError(f"invalid tokenizer config: {error}") from None
-        return config.validate()
-
-    @classmethod
-    def from_json(cls, text: str) -> "TokenizerConfig":
-        """Parse JSON text written by to_json."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"tokenizer config is not valid JSON: {error}") from None
-        return cls.from_dict(data)
 
 
 def quantizer_config_from_dict(data: dict[str, Any]) -> QuantizerConfig:

@@ -22,28 +22,6 @@ class LookupSpec:
     uses_distance: bool  # argmin of squared distance (True) or argmax of the dot product (False)
     has_group_axis: bool = True
 
-    @classmethod
-    def from_config(cls, codebook: np.ndarray, quantizer: dict) -> "LookupSpec":
-        """Build from a codebook and a quantizer config dict (TokenizerConfig.to_dict()['quantizer'])."""
-        return cls(
-            codebook=np.asarray(codebook, dtype=np.float64),
-            num_group=int(quantizer["num_group"]),
-            normalization=_normalization(quantizer),
-            uses_distance=quantizer["quantize_type"] != "ibq",
-            has_group_axis=quantizer["quantize_type"] != "vq",
-        )
-
-
-def _normalization(quantizer: dict) -> str:
-    if quantizer.get("use_l1_norm"):
-        return "l1"
-    if quantizer.get("use_l2_norm"):
-        return "l2"
-    d = quantizer["embed_dim"] // quantizer["num_group"]
-    if quantizer["quantize_type"] == "gsq" and quantizer.get("force_1d_clip") and quantizer.get("use_uniform_init") and d == 1:
-        return "clip"
-    return "none"
-
 
 def _normalize(x: np.ndarray, normalization: str) -> np.ndarray:
     if normalization == "l2":

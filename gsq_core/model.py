@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TokenizerConfig
-from .decoder import Decoder
-from .encoder import Encoder
+from .config import ArchitectureConfig
 from .errors import InputError
+from .families import build_networks
 from .quantizers import CodebookQuantizer, build_quantizer
 
 
@@ -27,14 +26,18 @@ class TokenizerOutput:
 
 
 class GSQTokenizer(nn.Module):
-    """Image tokenizer. Images are float [B,3,H,W] in [-1, 1] (uint8 / 127.5 - 1)."""
+    """Image tokenizer of any registered family (gsq_core.families). Images are float [B,3,H,W] in
+    [-1, 1] (uint8 / 127.5 - 1).
 
-    def __init__(self, config: TokenizerConfig):
+    encoder: images -> latent the quantizer reads; quantizer: latent <-> token ids (its lookup facts
+    live on it); decoder: quantized latent -> images. Nothing outside needs the family.
+    """
+
+    def __init__(self, config: ArchitectureConfig):
         super().__init__()
         self.config = config.validate()
-        self.encoder = Encoder(config)
+        self.encoder, self.decoder = build_networks(config)
         self.quantizer: CodebookQuantizer = build_quantizer(config.quantizer)
-        self.decoder = Decoder(config)
 
     # -- shape facts ---------------------------------------------------------------------------
     @property
@@ -51,6 +54,16 @@ class GSQTokenizer(nn.Module):
     def num_group(self) -> int:
         """Tokens per spatial position G."""
         return self.quantizer.num_group
+
+    @property
+    def family(self) -> str:
+        """The registered model family (gsq_core.families)."""
+        return self.config.family
+
+    @property
+    def min_token_positions(self) -> int:
+        """Fewest token positions (h * w) the decoder can decode (2 for flex with adaptive group norm)."""
+        return self.config.min_token_positions
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (h, w) for an image of the given size."""
@@ -108,7 +121,7 @@ class GSQTokenizer(nn.Module):
 
     def reconstruction_loss(self, images: torch.Tensor, output: TokenizerOutput) -> torch.Tensor:
         """Mean squared error plus the weighted quantizer loss (the upstream generator objective)."""
-        return F.mse_loss(output.reconstruction, images) + self.config.quantizer_aux_loss_weight * output.quantizer_loss
+        return F.mse_loss(output.reconstruction, images) + self.config.quantizer_loss_weight * output.quantizer_loss
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -119,4 +132,4 @@ class GSQTokenizer(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        return next(self.encoder.parameters()).dtype

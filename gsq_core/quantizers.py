@@ -55,6 +55,16 @@ class CodebookQuantizer(nn.Module):
         """Plain VQ tokens have no group axis ([B,h,w]); the others are [B,h,w,G]."""
         return True
 
+    @property
+    def token_layout(self) -> str:
+        """"BHWG" (tokens [B, h, w, G]) or "BHW" (tokens [B, h, w])."""
+        return "BHWG" if self.has_group_axis else "BHW"
+
+    @property
+    def lookup_normalization(self) -> str:
+        """What the lookup applies to latent groups and codebook rows first: "l2", "l1", "clip" or "none"."""
+        return self.config.lookup_normalization
+
     def _init_codebook(self) -> None:
         weight = self.codebook.weight
         with torch.no_grad():
@@ -71,7 +81,7 @@ class CodebookQuantizer(nn.Module):
         weight = self.codebook.weight
         key = (weight._version, weight.data_ptr(), weight.device, weight.dtype)
         if self._tables is None or self._tables_key != key:
-            self._tables = build_lookup_tables(weight, self.config.lookup_normalization, self.uses_distance)
+            self._tables = build_lookup_tables(weight, self.lookup_normalization, self.uses_distance)
             self._tables_key = key
         return self._tables
 
@@ -82,7 +92,7 @@ class CodebookQuantizer(nn.Module):
         return LookupSpec(
             codebook=self.codebook.weight.detach().cpu().double().numpy(),
             num_group=self.num_group,
-            normalization=self.config.lookup_normalization,
+            normalization=self.lookup_normalization,
             uses_distance=self.uses_distance,
             has_group_axis=self.has_group_axis,
         )
@@ -187,28 +197,47 @@ class VectorQuantizer(CodebookQuantizer):
 
 
 class IndexBackpropQuantizer(CodebookQuantizer):
-    """IBQ: argmax of code logits z . c; training backpropagates through a softmax over all codes.
+    """IBQ (SEED-Voken's IndexPropagationQuantize): token = argmax of the logits z . c over the raw
+    codebook (no normalisation unless the config asks for one), lowest index on ties.
 
-    The straight-through one-hot (hard - softmax.detach() + softmax) times the codebook lets every
-    code receive gradient, which keeps large codebooks in use.
+    Training backpropagates through a softmax over all codes: the straight-through one-hot
+    (hard - softmax.detach() + softmax) times the codebook lets every code receive gradient, which
+    keeps large codebooks in use. Tokens are [B, h, w] with one group (upstream's layout) and
+    [B, h, w, G] with several.
     """
 
     uses_distance = False
 
+    @property
+    def has_group_axis(self) -> bool:
+        return self.num_group > 1
+
+    def _init_codebook(self) -> None:
+        if self.config.use_uniform_init:
+            super()._init_codebook()
+        else:  # upstream leaves nn.Embedding's default N(0, 1) initialisation
+            nn.init.normal_(self.codebook.weight)
+
     def forward(self, latent: torch.Tensor) -> QuantizerOutput:
+        """Upstream's objective: mean((z_q - z)^2) + mean((hard - z)^2) on the encoder side and
+        commitment_loss_weight (upstream beta) * mean((hard - z)^2) on the codebook side, where z_q is
+        the straight-through soft one-hot times the codebook and hard the chosen rows."""
         grouped = self._split_groups(latent)
         batch, height, width = grouped.shape[:3]
-        vectors = grouped.reshape(-1, self.group_dim)
-        logits = self.scores(vectors)
+        vectors = normalize_vectors(grouped.reshape(-1, self.group_dim), self.config.lookup_normalization)
+        logits = self.scores(grouped.reshape(-1, self.group_dim))
         soft = logits.softmax(dim=-1)
-        flat_codes = logits.argmax(dim=-1)
+        with torch.no_grad():
+            flat_codes = nearest_codes(vectors.detach(), self.lookup_tables())
         hard = F.one_hot(flat_codes, self.num_embed).to(soft.dtype)
         one_hot = hard - soft.detach() + soft
-        codebook = self.codebook.weight
+        codebook = normalize_vectors(self.codebook.weight, self.config.lookup_normalization)
         quantized_vectors = one_hot @ codebook
-        normalized = normalize_vectors(vectors, self.config.lookup_normalization)
-        loss = F.mse_loss(quantized_vectors, normalized.detach()) + self.config.commitment_loss_weight * F.mse_loss(
-            quantized_vectors.detach(), normalized
+        chosen = codebook[flat_codes]
+        loss = (
+            F.mse_loss(quantized_vectors, vectors)
+            + F.mse_loss(chosen.detach(), vectors)
+            + self.config.commitment_loss_weight * F.mse_loss(chosen, vectors.detach())
         )
         if self.config.entropy_loss_weight > 0:
             loss = loss + self.config.entropy_loss_weight * self._entropy_loss(logits)

@@ -1,12 +1,13 @@
-"""Named presets (the GSQ paper's main configurations) and named checkpoints shipped with the package."""
+"""Named presets (the GSQ paper's and the published IBQ configurations) and named checkpoints shipped with the package."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from .config import QuantizerConfig, TokenizerConfig
+from .config import ArchitectureConfig, QuantizerConfig, TokenizerConfig
 from .errors import ConfigError
+from .ibq_config import IBQConfig, ibq_quantizer
 
 ASSETS = Path(__file__).parent / "assets"
 # Checkpoints that ship inside the package, by name.
@@ -37,8 +38,37 @@ def paper_config(factor: int, latent_dim: int, groups: int, vocab: int, hidden_c
     ).validate()
 
 
-def _preset_table() -> dict[str, Callable[[], TokenizerConfig]]:
-    table: dict[str, Callable[[], TokenizerConfig]] = {}
+def ibq_imagenet_config(vocab: int) -> IBQConfig:
+    """SEED-Voken's published IBQ tokenizer (configs/IBQ/gpu/imagenet_ibqgan_{vocab}.yaml): f16, D=256.
+
+    The four ImageNet 256 models (V = 1,024 / 8,192 / 16,384 / 262,144) and the two text-to-image
+    pretraining ones (pretrain_ibqgan_{16384,262144}.yaml) share this ddconfig; training weights
+    (beta 0.25, entropy loss 0.05 at temperature 0.01) are upstream's too.
+    """
+    return IBQConfig(
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4),
+        num_res_blocks=4,
+        attn_resolutions=(16,),
+        z_channels=256,
+        resolution=256,
+        in_channels=3,
+        dropout=0.0,
+        resamp_with_conv=True,
+        quant_loss_weight=1.0,
+        quantizer=ibq_quantizer(
+            num_embed=vocab, embed_dim=256, commitment_loss_weight=0.25, entropy_loss_weight=0.05,
+            entropy_temperature=0.01,
+        ),
+    ).validate()
+
+
+# Published IBQ codebook sizes (TencentARC/IBQ-Tokenizer-*).
+IBQ_VOCABS = (1024, 8192, 16384, 262144)
+
+
+def _preset_table() -> dict[str, Callable[[], ArchitectureConfig]]:
+    table: dict[str, Callable[[], ArchitectureConfig]] = {}
     # Group-scaling tables of the paper: (factor, D, V, groups).
     scaling = [
         (8, 64, 8192, (1, 2, 4, 16)),
@@ -55,10 +85,12 @@ def _preset_table() -> dict[str, Callable[[], TokenizerConfig]]:
         for vocab in (8192, 16384, 65536, 262144, 524288):
             name = f"gsq-f8-d{dim}-v{vocab // 1024}k"
             table[name] = lambda d=dim, v=vocab: paper_config(8, d, 1, v)
+    for vocab in IBQ_VOCABS:
+        table[f"ibq-f16-d256-v{vocab // 1024}k"] = lambda v=vocab: ibq_imagenet_config(v)
     return table
 
 
-PRESETS: dict[str, Callable[[], TokenizerConfig]] = _preset_table()
+PRESETS: dict[str, Callable[[], ArchitectureConfig]] = _preset_table()
 
 
 def list_presets() -> list[str]:
@@ -66,7 +98,7 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
-def preset_config(name: str) -> TokenizerConfig:
+def preset_config(name: str) -> ArchitectureConfig:
     """The configuration of a named preset."""
     try:
         return PRESETS[name.lower()]()

@@ -62,12 +62,13 @@ def check_images(images: np.ndarray, downsample_factor: int, channels: int = 3) 
 
 
 def check_codes(
-    codes: np.ndarray, num_embed: int, num_group: int, token_layout: str, adaptive_norm: bool = False
+    codes: np.ndarray, num_embed: int, num_group: int, token_layout: str, min_positions: int = 1
 ) -> np.ndarray:
     """int64 token ids of the layout's shape with every id in [0, V), else InputError.
 
-    adaptive_norm: the decoder normalises with the latent's variance over positions, so a 1x1
-    token grid has none (it would decode to NaN) and is refused.
+    min_positions: the fewest token positions (h * w) the decoder decodes (manifest
+    "min_token_positions"; 2 where adaptive group norm needs a variance over positions, as a 1x1
+    grid would decode to NaN).
     """
     codes = np.asarray(codes)
     if not np.issubdtype(codes.dtype, np.integer):
@@ -78,8 +79,11 @@ def check_codes(
         raise InputError(f"token ids must have shape {layout} for this model, got {list(codes.shape)}")
     if codes.shape[1] == 0 or codes.shape[2] == 0:
         raise InputError(f"token grid {codes.shape[1]}x{codes.shape[2]} is empty")
-    if adaptive_norm and codes.shape[1] * codes.shape[2] < 2:
-        raise InputError("a 1x1 token grid cannot be decoded: this model's adaptive group norm needs at least 2 tokens")
+    if codes.shape[1] * codes.shape[2] < min_positions:
+        raise InputError(
+            f"a {codes.shape[1]}x{codes.shape[2]} token grid cannot be decoded: this model's decoder needs at least "
+            f"{min_positions} token positions"
+        )
     if codes.size:
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= num_embed:
@@ -102,8 +106,8 @@ def check_artifact_images(artifact: Any, images: np.ndarray) -> np.ndarray:
 
 def check_artifact_codes(artifact: Any, codes: np.ndarray) -> np.ndarray:
     """check_codes for an exported artifact, plus its fixed token grid when it was exported static."""
-    uses_adaptive_norm = bool(artifact.manifest.get("config", {}).get("use_adaptive_norm", False))
-    codes = check_codes(codes, artifact.num_embed, artifact.num_group, artifact.token_layout, uses_adaptive_norm)
+    min_positions = int(artifact.manifest.get("min_token_positions", 1))
+    codes = check_codes(codes, artifact.num_embed, artifact.num_group, artifact.token_layout, min_positions)
     _, size = artifact.fixed_shape()
     factor = artifact.downsample_factor
     if size is not None and (codes.shape[1] * factor, codes.shape[2] * factor) != size:

@@ -40,7 +40,7 @@ class TorchRuntime(TokenizerRuntime):
             raise BackendUnavailableError(f"device {device!r}: this torch build has no usable CUDA; use --device cpu")
         self.checkpoint = str(checkpoint)
         self.model = load_tokenizer(checkpoint, device=self.device).eval()
-        self.token_layout = "BHWG" if self.model.quantizer.has_group_axis else "BHW"
+        self.token_layout = self.model.quantizer.token_layout
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         with self._reference_numerics():
@@ -52,7 +52,7 @@ class TorchRuntime(TokenizerRuntime):
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         model = self.model
-        codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.config.use_adaptive_norm)
+        codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.min_token_positions)
         with self._reference_numerics():
             return model.decode(self._torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
 

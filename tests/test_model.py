@@ -73,7 +73,9 @@ def test_random_configs_train_and_round_trip(seed, tmp_path):
     model.eval()
     codes = model.encode(images)
     h, w = model.token_grid(*images.shape[-2:])
-    expected_shape = (2, h, w) if config.quantizer.quantize_type == "vq" else (2, h, w, config.quantizer.num_group)
+    q = config.quantizer
+    ungrouped = q.quantize_type == "vq" or (q.quantize_type == "ibq" and q.num_group == 1)  # upstream layouts
+    expected_shape = (2, h, w) if ungrouped else (2, h, w, q.num_group)
     assert tuple(codes.shape) == expected_shape and codes.dtype == torch.int64
     latent = model.encode_latent(images).detach().numpy()
     assert score_gaps(latent, codes.numpy(), model.quantizer.lookup_spec()).max() <= 1e-6
@@ -96,6 +98,7 @@ def test_upstream_format_of_random_layouts_loads(seed, tmp_path):
         config.quantizer.quantize_type = "gsq"
     model = build_tokenizer(config.validate())
     kwargs = config.to_dict()
+    assert kwargs.pop("family") == "flex"  # ours, not an upstream constructor argument
     quantizer = kwargs.pop("quantizer")
     upstream_quantizer = {
         "quantize_type": quantizer["quantize_type"],
@@ -148,7 +151,7 @@ def test_every_preset_is_valid_and_one_per_family_trains():
 def test_config_json_round_trip_and_validation():
     config = preset_config("gsq-f16-d16-g4-v256k")
     assert TokenizerConfig.from_json(config.to_json()) == config
-    with pytest.raises(ConfigError, match="unknown tokenizer config keys: bogus"):
+    with pytest.raises(ConfigError, match="unknown flex tokenizer config keys: bogus"):
         TokenizerConfig.from_dict({**config.to_dict(), "bogus": 1})
     with pytest.raises(ConfigError, match="not divisible by num_group"):
         QuantizerConfig(embed_dim=6, num_group=4).validate()

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import torch
 
-from gsq_core.fidelity import LookupSpec, score_gaps
+from gsq_core.fidelity import score_gaps
 from gsq_core.images import uint8_to_float
 from runtimes.torch import TorchRuntime
 
@@ -24,8 +24,7 @@ def test_cuda_tokens_match_cpu_up_to_near_ties_with_tf32_left_on_by_the_caller()
         assert torch.backends.cudnn.allow_tf32, "the runtime must restore the caller's TF32 setting"
     finally:
         torch.backends.cudnn.allow_tf32 = saved
-    spec = LookupSpec.from_config(cpu.model.quantizer.codebook.weight.detach().numpy(),
-                                  cpu.model.config.to_dict()["quantizer"])
+    spec = cpu.model.quantizer.lookup_spec()
     gaps = score_gaps(cpu.encode_latent(pixels), codes_cuda, spec)
     assert (codes_cuda == cpu.encode(pixels)).mean() > 0.999
     assert gaps.max() <= 1e-6

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from gsq_core.config import TokenizerConfig
+from gsq_core.config import ArchitectureConfig
 from gsq_core.errors import ConfigError
+from gsq_core.families import config_from_dict as model_config_from_dict
 from gsq_core.registry import PRESETS, preset_config
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -106,13 +107,14 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
-    def tokenizer_config(self) -> TokenizerConfig:
-        """The model: `model.preset` (a gsq_core preset name) updated by the other model keys."""
+    def tokenizer_config(self) -> ArchitectureConfig:
+        """The model: `model.preset` (a gsq_core preset name) updated by the other model keys;
+        `model.family` picks the architecture (gsq_core.families; default flex, or the preset's)."""
         model = dict(self.model)
         preset = model.pop("preset", None)
         base = preset_config(preset).to_dict() if preset else {}
         quantizer = {**base.pop("quantizer", {}), **model.pop("quantizer", {})}
-        return TokenizerConfig.from_dict({**base, **model, "quantizer": quantizer})
+        return model_config_from_dict({**base, **model, "quantizer": quantizer})
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first bad option."""

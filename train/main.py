@@ -134,6 +134,16 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
 
 
+def same_model(saved: dict | None, config: TrainConfig) -> bool:
+    """Whether a checkpoint's recorded model config is the run's (records without a family are flex)."""
+    from gsq_core.families import config_from_dict
+
+    try:
+        return config_from_dict(saved).to_dict() == config.tokenizer_config().to_dict()
+    except GSQError:
+        return False
+
+
 def load_initial_weights(generator: GSQTokenizer, source: str, config: TrainConfig) -> None:
     """Copy a trained tokenizer's weights into generator; its model config must equal the run's."""
     from gsq_core import load_tokenizer
@@ -282,7 +292,7 @@ def train(args: argparse.Namespace) -> int:
     if resume_dir is not None:
         loaded = checkpointing.load_checkpoint(resume_dir, rank)
         facts_before = loaded.state
-        if facts_before.get("model_config") != config.tokenizer_config().to_dict():
+        if not same_model(facts_before.get("model_config"), config):
             raise RunError(f"{resume_dir}: the checkpoint's model differs from the config's model; resume with the same model config")
         generator.load_state_dict(loaded.generator)
         ema.load_state_tensors(loaded.ema, int(facts_before.get("ema_updates", 0)))
