@@ -74,8 +74,9 @@ def find_config_file(checkpoint: str | Path) -> Path | None:
 
 def read_ibq_yaml(path: str | Path) -> tuple[IBQConfig, bool]:
     """(config, use_ema) from a LightningCLI YAML (model.init_args) or a taming one (model.params)."""
-    import yaml
+    from .extras import require
 
+    yaml = require("yaml", "torch", "reading an IBQ model config")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
