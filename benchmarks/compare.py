@@ -93,20 +93,32 @@ def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: 
     name = f"{backend}-{precision}"
     if args.artifacts is not None:
         for candidate in (args.artifacts / name, args.artifacts):
-            if _manifest_matches(candidate, backend, precision):
+            if _manifest_matches(candidate, backend, precision, args):
                 return candidate
     exported = args.out / "artifacts" / name
-    if _manifest_matches(exported, backend, precision) and not args.overwrite:
+    if _manifest_matches(exported, backend, precision, args) and not args.overwrite:
         return exported
     return _export(backend, precision, model, exported, args)
 
 
-def _manifest_matches(directory: Path, backend: str, precision: str) -> bool:
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
+def _manifest_matches(directory: Path, backend: str, precision: str, args: argparse.Namespace) -> bool:
+    """Whether directory holds a backend + precision export; GSQError when it holds one of another checkpoint."""
+    from runtimes.artifacts import load_artifact
+
+    if not (directory / "manifest.json").is_file():
         return False
-    manifest = json.loads(manifest_path.read_text())
-    return manifest.get("target") == backend and manifest.get("precision") == precision
+    manifest = load_artifact(directory, verify_checksums=False).manifest
+    if manifest.get("target") != backend or manifest.get("precision") != precision:
+        return False
+    source = (manifest.get("source") or {}).get("sha256")
+    if source != args.ckpt_sha256:
+        found = f"checkpoint sha256 {source[:12]}..." if source else "an unrecorded checkpoint"
+        raise GSQError(
+            f"{directory}: exported from {found}, not from {args.ckpt} (sha256 {args.ckpt_sha256[:12]}...); "
+            "comparing it with this checkpoint would measure two different models: re-export it"
+            + (" or drop --artifacts" if args.artifacts else " (--overwrite)")
+        )
+    return True
 
 
 def _export(backend: str, precision: str, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
@@ -215,16 +227,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from gsq_core.api import load_tokenizer, resolve_checkpoint
     from gsq_core.images import expand_image_paths, read_image
 
+    from gsq_core.budgets import check_work
+    from gsq_core.images import inspect_image
+    from runtimes.artifacts import file_sha256
+
     args.ckpt_path = resolve_checkpoint(args.ckpt)
+    args.ckpt_sha256 = file_sha256(args.ckpt_path)
     model = load_tokenizer(args.ckpt_path).eval()
     paths = expand_image_paths(args.images)
-    inputs = [read_image(path).pixels[None] for path in paths]
     factor = model.downsample_factor
-    for path, image in zip(paths, inputs):
-        if image.shape[2] % factor or image.shape[3] % factor:
-            raise GSQError(
-                f"{path}: size {image.shape[2]}x{image.shape[3]} is not a multiple of {factor} (the model's f)"
-            )
+    for header in [inspect_image(path) for path in paths]:  # every image's size, before decoding any
+        if header.height % factor or header.width % factor:
+            raise GSQError(f"{header.name}: size {header.height}x{header.width} is not a multiple of {factor} (the model's f)")
+        check_work(model.config, header.height, header.width, "decode", label=header.name)
+        for note in header.notes:
+            print(f"note: {note}", file=sys.stderr)
+    inputs = [read_image(path).pixels[None] for path in paths]
     timing_size = list(timing_images(inputs)[0].shape[2:])
     spec = model.quantizer.lookup_spec()
 
@@ -316,15 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     report_path = args.out / "report.json"
-    if report_path.exists() and not args.overwrite:
-        print(f"error: {report_path} already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
     from benchmarks.compare_report import markdown_report, plot_speed_vs_fidelity
     from gsq_core.checkpoint import atomic_write
+    from gsq_core.outputs import check_output_files
 
-    try:
+    try:  # every output checked before any work, and again none of them may be an input
+        outputs = [report_path, args.out / "report.md", args.out / "speed_vs_fidelity.png"]
+        check_output_files(args.out, outputs, args.overwrite, inputs=args.images)
         report = run(args)
-    except GSQError as error:
+    except (GSQError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

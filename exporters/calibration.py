@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from gsq_core.errors import InputError
-from gsq_core.images import IMAGE_SUFFIXES, uint8_to_float
+from gsq_core.images import IMAGE_SUFFIXES, float_to_uint8, inspect_image, read_image, uint8_to_float
 
 # Colour photos bundled with scikit-image (no download): portrait, food, animal, outdoor scene.
 SAMPLE_PHOTOS: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket")
@@ -28,22 +28,22 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
 
 def folder_images(folder: str | Path, limit: int = MAX_CALIBRATION_IMAGES) -> list[tuple[str, np.ndarray]]:
     """Up to `limit` images of a folder (sorted), as (file name, uint8 [H, W, 3])."""
-    from PIL import Image, UnidentifiedImageError
+    paths = check_calibration_folder(folder, limit)
+    # gsq_core.images decides what an image is (modes, budgets, one-line errors), as for every input
+    return [(path.name, float_to_uint8(read_image(path).pixels)) for path in paths]
 
+
+def check_calibration_folder(folder: str | Path, limit: int = MAX_CALIBRATION_IMAGES) -> list[Path]:
+    """The images folder_images would read, their headers checked (InputError): run before any work."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: calibration image folder does not exist")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not paths:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) to validate with")
-    images = []
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append((path.name, np.asarray(image.convert("RGB"), dtype=np.uint8)))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise InputError(f"{path}: cannot decode calibration image: {error}") from None
-    return images
+        inspect_image(path)
+    return paths
 
 
 def fit_to_size(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -64,6 +64,10 @@ def export_command(
     export = export_function(target, extra.get("precision", "fp32"))
     size = parse_size(image_size) if image_size else None
     check_destination(out_dir, overwrite)  # before the slow part
+    if calib_images is not None:
+        from .calibration import check_calibration_folder
+
+        check_calibration_folder(calib_images)
     names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_NAMES)
     names = select_graphs(names)  # unknown names fail here, before the checkpoint loads
     log = StageLog()

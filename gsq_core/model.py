@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .budgets import Direction, batch_limit, check_work
 from .config import ArchitectureConfig
 from .errors import InputError
+from .images import check_value_range
 from .families import build_networks
 from .quantizers import CodebookQuantizer, build_quantizer
 
@@ -70,8 +72,13 @@ class GSQTokenizer(nn.Module):
         f = self.downsample_factor
         return height // f, width // f
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise InputError unless images are a finite float batch [B, C, H, W] with H, W divisible by f."""
+    def check_images(self, images: torch.Tensor, inference: bool = True) -> None:
+        """Raise InputError unless images are a finite float batch [B, C, H, W] with H, W divisible by f.
+
+        inference: also hold the range contract (values in [-1, 1], uint8 / 127.5 - 1, up to
+        rounding) and the working-memory budget (gsq_core.budgets). Training passes False: its
+        augmentations may step slightly outside [-1, 1], and its crop size is the run's own choice.
+        """
         channels = self.config.input_channels
         if not isinstance(images, torch.Tensor):
             raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -83,19 +90,33 @@ class GSQTokenizer(nn.Module):
         f = self.downsample_factor
         if height % f or width % f or height == 0 or width == 0:
             raise InputError(f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}")
-        if not torch.isfinite(images).all():
-            raise InputError("images contain NaN or infinite values")
+        if not inference:
+            if not torch.isfinite(images).all():
+                raise InputError("images contain NaN or infinite values")
+            return
+        if images.numel():
+            low, high = (float(v) for v in torch.aminmax(images.detach()))  # one pass; NaN propagates
+            check_value_range(low, high, lambda: bool(torch.isfinite(images).all()))
+        check_work(self.config, int(height), int(width), "encode")
+
+    def _chunks(self, batch: torch.Tensor, height: int, width: int, direction: Direction) -> list[torch.Tensor]:
+        """The batch split into chunks whose work fits the memory budget (images never interact)."""
+        size = batch_limit(self.config, height, width, direction)
+        return list(batch.split(size)) if batch.shape[0] > size else [batch]
 
     # -- inference -----------------------------------------------------------------------------
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder output before quantization, [B, D, H/f, W/f]."""
         self.check_images(images)
-        return self.encoder(images.to(self._dtype))
+        chunks = self._chunks(images, *images.shape[-2:], "encode")
+        return torch.cat([self.encoder(chunk.to(self._dtype)) for chunk in chunks])
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> int64 token ids [B, h, w, G] ([B, h, w] for plain VQ); deterministic."""
-        return self.quantizer.codes(self.encode_latent(images))
+        self.check_images(images)
+        chunks = self._chunks(images, *images.shape[-2:], "encode")
+        return torch.cat([self.quantizer.codes(self.encoder(chunk.to(self._dtype))) for chunk in chunks])
 
     @torch.no_grad()
     def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
@@ -108,13 +129,31 @@ class GSQTokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Token ids -> images [B, 3, H, W] (unclipped floats; clamp to [-1, 1] for display)."""
-        return self.decode_latent(self.codes_to_latent(codes))
+        """Token ids -> images [B, 3, H, W] (unclipped floats; clamp to [-1, 1] for display).
+
+        Refused before any work: a grid this model cannot decode (fewer than min_token_positions
+        tokens, e.g. 1x1 with adaptive group norm), or one whose image is over the memory budget."""
+        codes = torch.as_tensor(codes, device=self.quantizer.codebook.weight.device)
+        self.quantizer.check_codes(codes)
+        height, width = int(codes.shape[1]), int(codes.shape[2])
+        f = self.downsample_factor
+        if height == 0 or width == 0:
+            raise InputError(f"token grid {height}x{width} is empty")
+        if height * width < self.min_token_positions:
+            raise InputError(
+                f"a {height}x{width} token grid cannot be decoded: this model needs at least "
+                f"{self.min_token_positions} tokens (its adaptive group norm takes a variance over positions; "
+                f"images of at least {f}x{2 * f} pixels)"
+            )
+        check_work(self.config, height * f, width * f, "decode")
+        chunks = self._chunks(codes, height * f, width * f, "decode")
+        return torch.cat([self.decode_latent(self.codes_to_latent(chunk)) for chunk in chunks])
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         """Training pass: reconstruction with straight-through quantization and the quantizer loss."""
-        latent = self.encode_latent(images)
+        self.check_images(images, inference=False)
+        latent = self.encoder(images.to(self._dtype))
         quantized = self.quantizer(latent)
         reconstruction = self.decoder(quantized.quantized)
         return TokenizerOutput(reconstruction, quantized.codes, quantized.loss, latent)

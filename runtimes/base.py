@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from gsq_core.budgets import Direction, batch_limit, check_work
 from gsq_core.errors import InputError
+from gsq_core.images import check_value_range
 
 from .artifacts import Artifact, ArtifactError, load_artifact
 
@@ -35,6 +37,11 @@ class TokenizerRuntime(ABC):
         """Images -> latent before quantization [B, D, h, w] (for fidelity reports), where available."""
         raise NotImplementedError(f"the {self.backend} runtime does not expose the latent")
 
+    @abstractmethod
+    def work_limit(self, height: int, width: int, direction: Direction) -> int:
+        """Most height x width images one encode / decode call takes within the memory budget
+        (gsq_core.budgets); InputError when one alone is over it. Checked before any work."""
+
     @property
     @abstractmethod
     def info(self) -> dict[str, Any]:
@@ -56,8 +63,8 @@ def check_images(images: np.ndarray, downsample_factor: int, channels: int = 3) 
         raise InputError(
             f"image size {height}x{width} is not a positive multiple of the downsampling factor {downsample_factor}"
         )
-    if not np.isfinite(images).all():
-        raise InputError("images contain NaN or infinite values")
+    if images.size:
+        check_value_range(float(images.min()), float(images.max()), lambda: bool(np.isfinite(images).all()))
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
@@ -116,6 +123,18 @@ def check_artifact_codes(artifact: Any, codes: np.ndarray) -> np.ndarray:
             f"({size[0] // factor}x{size[1] // factor} for {size[0]}x{size[1]} images)"
         )
     return codes
+
+
+def artifact_work_limit(artifact: Any, height: int, width: int, direction: Direction) -> int:
+    """Most images of this size one call may take within the memory budget (gsq_core.budgets);
+    InputError when one image alone is over it. Exported lookups score a whole code block per
+    token at once, so encode counts that block too."""
+    lookup = artifact.manifest.get("lookup") or {}
+    code_block = min(artifact.num_embed, int(lookup.get("code_block", artifact.num_embed)))
+    per_token = 4 * artifact.num_group * code_block if direction == "encode" else 0
+    config = artifact.manifest.get("config") or {}
+    check_work(config, height, width, direction, lookup_bytes_per_token=per_token)
+    return batch_limit(config, height, width, direction, lookup_bytes_per_token=per_token)
 
 
 def artifact_info(backend: str, artifact: Any) -> dict[str, Any]:
@@ -179,6 +198,10 @@ class ArtifactRuntime(TokenizerRuntime):
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = check_artifact_images(self.artifact, images)
+        limit = artifact_work_limit(self.artifact, images.shape[2], images.shape[3], "encode")
+        return run_in_chunks(self._encode_checked, images, limit)
+
+    def _encode_checked(self, images: np.ndarray) -> np.ndarray:
         graphs = self.artifact.graphs
         if "tokenize" in graphs:
             return self.run_graph("tokenize", images)
@@ -189,14 +212,21 @@ class ArtifactRuntime(TokenizerRuntime):
     def encode_latent(self, images: np.ndarray) -> np.ndarray:
         if "encoder" not in self.artifact.graphs:
             raise self._missing("encode to latents", "encoder graph", "encoder")
-        return self.run_graph("encoder", check_artifact_images(self.artifact, images))
+        images = check_artifact_images(self.artifact, images)
+        limit = artifact_work_limit(self.artifact, images.shape[2], images.shape[3], "encode")
+        return run_in_chunks(lambda chunk: self.run_graph("encoder", chunk), images, limit)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         codes = check_artifact_codes(self.artifact, codes)
+        factor = self.artifact.downsample_factor
+        limit = artifact_work_limit(self.artifact, codes.shape[1] * factor, codes.shape[2] * factor, "decode")
         for name in ("detokenize", "decoder"):
             if name in self.artifact.graphs:
-                return self.run_graph(name, codes)
+                return run_in_chunks(lambda chunk: self.run_graph(name, chunk), codes, limit)
         raise self._missing("decode", "detokenize or decoder graph", "detokenize")
+
+    def work_limit(self, height: int, width: int, direction: Direction) -> int:
+        return artifact_work_limit(self.artifact, height, width, direction)
 
     def _missing(self, action: str, graphs: str, graph: str) -> ArtifactError:
         return ArtifactError(

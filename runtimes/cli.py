@@ -23,7 +23,8 @@ import numpy as np
 
 from gsq_core.console import run_command
 from gsq_core.errors import InputError
-from gsq_core.images import expand_image_paths, opened_image, parse_size, read_image, write_image
+from gsq_core.images import ImageHeader, expand_image_paths, inspect_image, parse_size, read_image, write_image
+from gsq_core.outputs import check_output_file, check_output_files
 
 from . import load_runtime
 from .base import TokenizerRuntime, check_codes
@@ -53,6 +54,12 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
     @click.option("--output", required=True, type=click.Path(path_type=Path), help="The tokens .npz to write.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
     @click.option("--resize", default=None, help="Resize every image to HxW (multiples of the downsampling factor).")
+    @click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Largest image to decode, in pixels (default 64 MP, or $GSQ_MAX_PIXELS).",
+    )
     @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
     @backend_options
     @click.argument("images", nargs=-1, required=True)
@@ -61,16 +68,17 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
         output: Path,
         batch_size: int,
         resize: str | None,
+        max_pixels: int | None,
         overwrite: bool,
         images: tuple[str, ...],
         **backend_kwargs: Any,
     ) -> None:
         size = parse_size(resize) if resize else None
         paths = expand_image_paths(images)
-        if output.exists() and not overwrite:
-            raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it")
+        check_output_file(output, overwrite, inputs=paths)
+        headers = [inspect_image(path, max_pixels=max_pixels) for path in paths]  # before the model loads
         runtime = load_runtime(backend, model, **backend_kwargs)
-        codes = encode_files(runtime, paths, batch_size, size)
+        codes = encode_files(runtime, paths, batch_size, size, headers, max_pixels)
         save_tokens(output, codes, paths, runtime.info)
         click.echo(f"encoded {len(paths)} images -> tokens {list(codes.shape)} in {output}")
 
@@ -84,16 +92,12 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
     def decode(model: str, tokens: Path, output: Path, batch_size: int, overwrite: bool, **backend_kwargs: Any) -> None:
         codes, names = load_tokens(tokens)
         targets = [output / f"{name}.png" for name in names]
-        existing = [target for target in targets if target.exists()]
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"{existing[0]}: already exists ({len(existing)} of {len(targets)} outputs do); pass --overwrite"
-            )
-        if output.exists() and not output.is_dir():
-            raise FileExistsError(f"{output}: exists and is not a folder")
+        check_output_files(output, targets, overwrite, inputs=[tokens])
         runtime = load_runtime(backend, model, **backend_kwargs)
         try:
             check_tokens_for_model(tokens, codes, runtime)
+            factor = int(runtime.info["downsample_factor"])
+            batch_size = min(batch_size, runtime.work_limit(codes.shape[1] * factor, codes.shape[2] * factor, "decode"))
             decode_to_files(runtime, codes, targets, batch_size)
         except InputError as error:
             raise InputError(f"{tokens}: {error}") from None
@@ -104,35 +108,42 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
 
 # -- encode ------------------------------------------------------------------------------------------
 def encode_files(
-    runtime: TokenizerRuntime, paths: list[Path], batch_size: int, size: tuple[int, int] | None
+    runtime: TokenizerRuntime,
+    paths: list[Path],
+    batch_size: int,
+    size: tuple[int, int] | None,
+    headers: list[ImageHeader] | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
-    """Check every image's header first, then decode and encode in batches; int64 codes in input order."""
+    """Check every image's header first (size, decoding and working-memory budgets), then decode
+    and encode in batches; int64 codes in input order."""
     factor = int(runtime.info["downsample_factor"])
     if size is not None and (size[0] % factor or size[1] % factor):
         raise InputError(f"--resize {size[0]}x{size[1]} is not a multiple of the downsampling factor {factor}")
-    check_image_headers(paths, factor, resize=size is not None)
+    headers = headers or [inspect_image(path, max_pixels=max_pixels) for path in paths]
+    check_image_headers(headers, factor, resize=size is not None)
+    height, width = size or (headers[0].height, headers[0].width)
+    try:
+        batch_size = min(batch_size, runtime.work_limit(height, width, "encode"))
+    except InputError as error:
+        raise InputError(f"{'--resize ' + str(height) + 'x' + str(width) if size else headers[0].name}: {error}") from None
     chunks = []
     with _progress(len(paths), "encode") as bar:
         for start in range(0, len(paths), batch_size):
-            batch = [read_image(path, size).pixels for path in paths[start : start + batch_size]]
+            batch = [read_image(path, size, max_pixels).pixels for path in paths[start : start + batch_size]]
             chunks.append(runtime.encode(np.stack(batch)))
             bar.update(len(batch))
     return np.concatenate(chunks)
 
 
-def check_image_headers(paths: list[Path], factor: int, resize: bool) -> None:
-    """Fail fast, before any decoding: unreadable files, mixed sizes, sizes not divisible by factor.
+def check_image_headers(headers: list[ImageHeader], factor: int, resize: bool) -> None:
+    """Fail fast, before any decoding: mixed sizes, sizes not divisible by factor.
 
-    Prints a notice for each image that is not RGB (grayscale, RGBA, palette...): it is converted.
+    Prints each image's notes (conversions, transparency, frames, orientation): nothing is changed silently.
     """
-    first: tuple[Path, tuple[int, int]] | None = None
-    for path in paths:
-        with opened_image(path) as image:  # reads the header only
-            shape, mode = (image.height, image.width), image.mode
-        if mode != "RGB":
-            click.echo(f"note: {path}: converted {mode} to RGB", err=True)
-        if resize:
-            continue
+    first: tuple[str, tuple[int, int]] | None = None
+    for header in headers if not resize else []:
+        path, shape = header.name, (header.height, header.width)
         if first is None:
             first = (path, shape)
             if shape[0] % factor or shape[1] % factor:
@@ -145,6 +156,9 @@ def check_image_headers(paths: list[Path], factor: int, resize: bool) -> None:
                 f"{path}: size {shape[0]}x{shape[1]} differs from {first[0]} ({first[1][0]}x{first[1][1]}); "
                 "pass --resize HxW to encode images of different sizes"
             )
+    for header in headers:
+        for note in header.notes:
+            click.echo(f"note: {note}", err=True)
 
 
 def save_tokens(output: Path, codes: np.ndarray, paths: list[Path], info: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gsq_core.budgets import Direction, batch_limit, check_work
 from gsq_core.errors import InputError
 from gsq_core.extras import MissingPackageError, require_torch
 
@@ -55,6 +56,10 @@ class TorchRuntime(TokenizerRuntime):
         codes = check_codes(codes, model.num_embed, model.num_group, self.token_layout, model.min_token_positions)
         with self._reference_numerics():
             return model.decode(self._torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
+
+    def work_limit(self, height: int, width: int, direction: Direction) -> int:
+        check_work(self.model.config, height, width, direction)
+        return batch_limit(self.model.config, height, width, direction)
 
     @property
     def info(self) -> dict[str, Any]:

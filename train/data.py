@@ -9,7 +9,6 @@ exactly the batches it would have seen, given the batch index it stopped at.
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 import warnings
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gsq_core.errors import InputError
+from gsq_core.images import rgb_image
 
 TRAIN_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -62,12 +62,10 @@ def split_validation(files: list[Path], root: Path, fraction: float, max_images:
     return [p for p in files if p not in held_out], sorted(held_out)
 
 
-def decode_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode a file path or encoded bytes to an RGB PIL image (raises OSError/ValueError when unreadable)."""
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(handle) as image:
-        image.load()
-        return image.convert("RGB")
+def decode_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or encoded bytes to an 8-bit RGB PIL image under gsq_core.images' rules
+    (16-bit scaling, transparency, frames, pixel budget); InputError (a ValueError) when unreadable."""
+    return rgb_image(source, name)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -124,7 +122,8 @@ def _worker() -> tuple[int, int]:
 
 
 def _warn_skip(what: str, error: Exception) -> None:
-    warnings.warn(f"skipping unreadable image {what}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    warnings.warn(f"skipping unreadable image {reason if reason.startswith(what) else f'{what}: {reason}'}")
 
 
 class FolderStream(IterableDataset):
@@ -274,7 +273,7 @@ class ShardStream(IterableDataset):
             return None
         name, payload = item
         try:
-            image = decode_rgb(payload)
+            image = decode_rgb(payload, name)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             _warn_skip(name, error)
             return None, 1
