@@ -48,13 +48,18 @@ def batch_of(items: list[np.ndarray], size: int) -> np.ndarray:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Load the runtime, run the fidelity pass and the timings; save outputs; report."""
-    import torch
+    """Load the runtime, run the fidelity pass and the timings; save outputs; report.
 
+    torch is imported only by the torch backend: the other backends' peak RSS is their own, not
+    torch's (~200 MB), and the report says whether torch was loaded.
+    """
     from gsq_core.images import read_image
     from runtimes import load_runtime
 
-    torch.set_num_threads(job["threads"])
+    if job["backend"] == "torch":
+        import torch
+
+        torch.set_num_threads(job["threads"])
     runtime = load_runtime(job["backend"], job["model"], **job.get("options", {}))
     images = [read_image(path).pixels[None] for path in job["images"]]  # [1, 3, H, W] each
 
@@ -95,6 +100,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "decode_ms": decode,
         "throughput": throughput,
         "peak_rss_mb": peak_rss_mb(),
+        "torch_loaded": "torch" in sys.modules,
     }
 
 

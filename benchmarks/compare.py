@@ -122,24 +122,32 @@ def _manifest_matches(directory: Path, backend: str, precision: str, args: argpa
 
 
 def _export(backend: str, precision: str, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
-    """Export with the target's exporter (exporters.export_function); compare.py measures fidelity itself."""
-    from exporters import TARGETS, export_function
+    """Export with the target's exporter (exporters.build); compare.py measures fidelity itself."""
+    from exporters import TARGETS
+    from exporters.build import ExportOptions, export
 
     if backend not in TARGETS:
         raise Unavailable(f"no exporter for {backend!r} (targets: {', '.join(TARGETS)})")
-    options: dict[str, Any] = {"validate": False, "progress": False, "overwrite": True}
-    if precision != "fp32":
-        options["precision"] = precision
+    options = ExportOptions(precision=precision, validate=False, progress=False, overwrite=True)
     try:
-        export_function(backend, precision)(model, out_dir, **options)
+        export(model, out_dir, backend, options)
     except GSQError as error:
         raise Unavailable(f"export failed: {error}") from None
     return out_dir
 
 
 def runtime_options(backend: str, threads: int) -> dict[str, Any]:
-    """Constructor options per runtime: the same thread count for every backend that takes one."""
-    return {"threads": threads} if backend != "torch" else {}
+    """Constructor options of one runtime, as that runtime declares them: the thread count goes to
+    the runtimes whose constructor takes `threads` (onnx, openvino); TensorRT takes a device and
+    runs on its default one; the torch reference's threads are set in its worker."""
+    import importlib
+    import inspect
+
+    from runtimes import BACKENDS
+
+    module_name, class_name = BACKENDS[backend].split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters
+    return {"threads": threads} if "threads" in parameters else {}
 
 
 def directory_mb(path: Path) -> float:
@@ -208,6 +216,7 @@ def result_record(
         "encode_fraction_of_peak": flops["encode"] * best["encode_img_s"] / peak if peak else None,
         "decode_fraction_of_peak": flops["decode"] * best_decode / peak if peak else None,
         "peak_rss_mb": worker["peak_rss_mb"],
+        "torch_loaded": worker["torch_loaded"],
         "artifact_mb": extra["artifact_mb"],
         "timing_spread_pct": {"encode": worker["encode_ms"]["spread_pct"], "decode": worker["decode_ms"]["spread_pct"]},
         "runtime_info": worker["info"],

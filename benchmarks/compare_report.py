@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gsq_core.fidelity import (
-    LookupSpec,
-    codebook_perplexity,
-    codebook_usage,
-    psnr,
-    score_gaps,
-)
-
-# PSNR of identical images is infinite; JSON has no infinity, so the report says null and flags it.
-IDENTICAL = None
-
-
-def _ssim(reference: np.ndarray, test: np.ndarray) -> float:
-    """SSIM of two [3, H, W] images in [-1, 1] (scikit-image, channels last, data range 2)."""
-    from skimage.metrics import structural_similarity
-
-    reference, test = reference.transpose(1, 2, 0), test.transpose(1, 2, 0)
-    side = min(reference.shape[:2])
-    window = 7 if side >= 7 else (side if side % 2 else side - 1)  # skimage needs an odd window <= the side
-    return float(structural_similarity(reference, test, channel_axis=2, data_range=2.0, win_size=window))
+from gsq_core.comparator import Comparator
+from gsq_core.fidelity import LookupSpec
 
 
 def load_outputs(path: Path, count: int) -> dict[str, list[np.ndarray] | None]:
@@ -44,35 +25,17 @@ def load_outputs(path: Path, count: int) -> dict[str, list[np.ndarray] | None]:
 def fidelity(
     outputs: dict[str, Any], reference: dict[str, Any], inputs: list[np.ndarray], spec: LookupSpec
 ) -> dict[str, Any]:
-    """Token agreement, margins of disagreements, latent error, PSNR/SSIM; codebook usage and perplexity."""
-    codes, ref_codes = outputs["codes"], reference["codes"]
-    same = sum(int((c == r).sum()) for c, r in zip(codes, ref_codes))
-    total = sum(r.size for r in ref_codes)
-    margins = [0.0]
-    for latent, test_codes, eager_codes in zip(reference["latent"], codes, ref_codes):
-        differing = test_codes != eager_codes
-        if differing.any():  # margin of each disagreement, scored in float64 from the eager latent
-            gaps = score_gaps(latent, test_codes, spec).reshape(test_codes.shape)
-            margins.append(float(gaps[differing].max()))
-    latent_error = None
-    if outputs["latent"] is not None:
-        latent_error = max(float(np.abs(a - b).max()) for a, b in zip(outputs["latent"], reference["latent"]))
-    recon_psnrs = [psnr(r, t) for r, t in zip(reference["recon"], outputs["recon"])]
-    finite = [value for value in recon_psnrs if math.isfinite(value)]
-    clipped = [np.clip(r[0], -1.0, 1.0) for r in outputs["recon"]]
-    all_codes = np.concatenate([c.reshape(-1) for c in codes])
-    return {
-        "token_agreement": same / total,
-        "tokens_compared": total,
-        "disagreement_max_margin": max(margins),
-        "latent_max_abs_err": latent_error,
-        "recon_psnr_vs_eager_db": min(finite) if finite else IDENTICAL,
-        "recon_identical_to_eager": not finite,
-        "psnr_vs_input_db": float(np.mean([psnr(x[0], y) for x, y in zip(inputs, clipped)])),
-        "ssim_vs_input": float(np.mean([_ssim(x[0], y) for x, y in zip(inputs, clipped)])),
-        "codebook_usage": codebook_usage(all_codes, spec.codebook.shape[0]),
-        "codebook_perplexity": codebook_perplexity(all_codes, spec.codebook.shape[0]),
-    }
+    """One backend's outputs against the eager worker's (gsq_core.comparator): token agreement,
+    score gaps and margins, latent error, PSNR against eager, PSNR / SSIM against the input images,
+    codebook usage and perplexity."""
+    comparator = Comparator(spec)
+    for index, image in enumerate(inputs):
+        comparator.add_codes(outputs["codes"][index], reference["codes"][index], reference["latent"][index])
+        if outputs["latent"] is not None:
+            comparator.add_latent(outputs["latent"][index], reference["latent"][index])
+        comparator.add_images(outputs["recon"][index], reference["recon"][index])
+        comparator.add_quality(outputs["recon"][index], image)
+    return comparator.report()
 
 
 def _fmt(value: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -107,10 +70,10 @@ def markdown_report(report: dict[str, Any]) -> str:
         "|" + "---|" * 19,
     ]
     for r in report["results"]:
-        psnr_eager = "identical" if r["recon_identical_to_eager"] else _fmt(r["recon_psnr_vs_eager_db"], ".1f")
+        psnr_eager = "identical" if r["recon_identical"] else _fmt(r["recon_psnr_db"], ".1f")
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['device']} | {r['token_agreement']:.4%} "
-            f"| {r['disagreement_max_margin']:.1e} | {_fmt(r['latent_max_abs_err'], '.1e')} | {psnr_eager} "
+            f"| {r['max_disagreement_margin']:.1e} | {_fmt(r.get('latent_max_abs_error'), '.1e')} | {psnr_eager} "
             f"| {r['psnr_vs_input_db']:.2f} | {r['ssim_vs_input']:.4f} "
             f"| {r['encode_ms_p50']:.1f} / {r['encode_ms_p95']:.1f} | {r['decode_ms_p50']:.1f} / {r['decode_ms_p95']:.1f} "
             f"| {r['throughput_img_s']:.1f} | {r['decode_throughput_img_s']:.1f} "

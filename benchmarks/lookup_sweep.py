@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks.lookup_case import LookupCase
 from benchmarks.lookup_worker import build_inputs, grouped_vectors
 from benchmarks.measure import run_json_worker
-from gsq_core.lookup import (
-    _sorted_codebook,
-    exact_scores,
-    nearest_codes,
-    normalize_vectors,
-)
+from gsq_core.comparator import Comparator
+from gsq_core.fidelity import LookupSpec
+from gsq_core.lookup import _sorted_codebook, nearest_codes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,33 +24,32 @@ def run_worker(case: LookupCase) -> dict[str, Any]:
     return run_json_worker("benchmarks.lookup_worker", json.dumps(asdict(case)), REPO_ROOT)
 
 
-def exact_reference(case: LookupCase, check_rows: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Exact tokens for the checked vectors (all of them where the sorted search applies)."""
+def exact_reference(case: LookupCase, check_rows: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, LookupSpec]]:
+    """Exact tokens for the checked vectors (all of them where the sorted search applies), and the
+    checked vectors with the lookup's spec, one vector per token, for the comparator."""
     quantizer, latent = build_inputs(case)
     vectors = grouped_vectors(latent, case.num_group)
     tables = quantizer.lookup_tables()
     if _sorted_codebook(tables, vectors.device) is None:
         vectors = vectors[:check_rows]
     rows = np.arange(vectors.shape[0])
-    return rows, nearest_codes(vectors, tables, method="exact").numpy(), (vectors, tables)
+    spec = replace(quantizer.lookup_spec(), num_group=1)  # the vectors are [N, d]: one group each
+    return rows, nearest_codes(vectors, tables, method="exact").numpy(), (vectors.numpy(), spec)
 
 
-def token_checks(tokens: np.ndarray, rows: np.ndarray, exact: np.ndarray, problem: Any) -> dict[str, Any]:
-    """Agreement with the exact lookup, and the largest score gap where they differ."""
-    vectors, tables = problem
-    chosen = tokens[rows]
-    differ = np.nonzero(chosen != exact)[0]
-    max_gap = 0.0
-    if differ.size:
-        x = normalize_vectors(vectors[differ].float(), tables.normalization)
-        bias = tables.bias
-        picked, best = torch.from_numpy(chosen[differ]), torch.from_numpy(exact[differ])
-        score = lambda codes: exact_scores(x, tables.weight[codes], None if bias is None else bias[codes])
-        max_gap = float((score(best) - score(picked)).max())
+def token_checks(
+    tokens: np.ndarray, rows: np.ndarray, exact: np.ndarray, problem: tuple[np.ndarray, LookupSpec]
+) -> dict[str, Any]:
+    """Agreement with the exact lookup, and the largest score gap where they differ (the comparator,
+    scoring only the disagreements: all N x V scores would not fit at V = 262,144)."""
+    vectors, spec = problem
+    comparator = Comparator(spec)
+    comparator.add_codes(tokens[rows], exact, vectors[:, :, None, None], every_token=False)
+    report = comparator.report()
     return {
         "checked_vectors": int(rows.size),
-        "agreement_vs_exact": 1.0 - differ.size / max(1, rows.size),
-        "max_gap_vs_exact": max_gap,
+        "agreement_vs_exact": report["token_agreement"],
+        "max_gap_vs_exact": report["max_disagreement_margin"],
     }
 
 

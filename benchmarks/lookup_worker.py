@@ -8,7 +8,7 @@ Methods:
            d <= 2 under l2, blocked fp32 matmul otherwise)
   blocked  the blocked fp32 matmul forced for every d (gsq_core.lookup, method="blocked")
   full     the upstream-style lookup: |x|^2 + |c|^2 - 2 x c^T as one N x V fp32 matrix, then argmin
-  onnx     the exported quantizer graph (exporters.onnx) in ONNX Runtime on CPU
+  onnx     the exported quantizer graph (exporters.onnx) run by runtimes.onnx on CPU
 """
 
 from __future__ import annotations
@@ -95,23 +95,15 @@ def tiny_tokenizer_with(quantizer: CodebookQuantizer) -> Any:
 
 
 def onnx_lookup(case: LookupCase, quantizer: CodebookQuantizer, workdir: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Export the quantizer graph with exporters.onnx and open it in ONNX Runtime (CPU, case.threads)."""
-    import onnxruntime
-
+    """Export the quantizer graph with exporters.onnx and run it as users do: runtimes.onnx
+    (CPU, case.threads threads, its batch chunking)."""
     from exporters.onnx import export_onnx
+    from runtimes import load_runtime
 
     artifact = workdir / "quantizer-artifact"
     export_onnx(tiny_tokenizer_with(quantizer), artifact, graphs=("quantizer",), validate=False, progress=False)
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = case.threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        str(artifact / "quantizer.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    input_name = session.get_inputs()[0].name
-    return lambda latent: session.run(None, {input_name: latent})[0]
+    runtime = load_runtime("onnx", artifact, threads=case.threads)
+    return lambda latent: runtime.run_graph("quantizer", latent)
 
 
 def matrix_gib(case: LookupCase) -> float:

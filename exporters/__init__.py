@@ -1,29 +1,28 @@
 """exporters: turn a GSQ tokenizer into deployable graphs plus a manifest (see docs/onnx.md).
 
-    from exporters.onnx import export_onnx
-    manifest = export_onnx(load_tokenizer("model.pt"), "out/model-onnx")
+    from exporters.build import ExportOptions, export
+    manifest = export(load_tokenizer("model.pt"), "out/model-onnx", "onnx", ExportOptions(precision="fp32"))
 
-or `gsq-export --ckpt model.pt --target onnx --out out/model-onnx`. Torch loads lazily.
+or `gsq-export --ckpt model.pt --target onnx --out out/model-onnx`. Torch loads lazily: the target
+modules import without it, so `gsq-export --help` works on the base install.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from gsq_core.errors import GSQError
 
 __version__ = "0.1.0"
 
-# target name -> "module:function"; a new target is one module plus one line here.
+# target name -> "module:TARGET" (an exporters.build.Target declared in that module); a new target
+# is one module plus one line here.
 TARGETS: dict[str, str] = {
-    "onnx": "exporters.onnx:export_onnx",
-    "trt": "exporters.tensorrt:export_tensorrt",
-    "openvino": "exporters.openvino:export_openvino",
-    "triton": "exporters.triton:export_triton",
+    "onnx": "exporters.onnx:TARGET",
+    "trt": "exporters.tensorrt:TARGET",
+    "openvino": "exporters.openvino:TARGET",
+    "triton": "exporters.triton:TARGET",
 }
-# Reduced-precision ONNX builds convert an fp32 export (fp16 / int8 QDQ); the other targets take precision.
-ONNX_REDUCED_PRECISION = "exporters.onnx_precision:export_onnx_precision"
 
 # Every graph an artifact directory can hold, in the order they are written.
 GRAPH_NAMES: tuple[str, ...] = ("encoder", "quantizer", "decoder", "tokenize", "detokenize")
@@ -52,13 +51,4 @@ def select_graphs(graphs: Iterable[str]) -> list[str]:
     return [name for name in GRAPH_NAMES if name in names]
 
 
-def export_function(target: str, precision: str = "fp32") -> Callable[..., dict]:
-    """The export function for a target and precision (imported lazily); ExportError for unknown targets."""
-    if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
-    location = ONNX_REDUCED_PRECISION if target == "onnx" and precision != "fp32" else TARGETS[target]
-    module_name, function_name = location.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
-
-
-__all__ = ["TARGETS", "export_function", "GRAPH_NAMES", "ExportError", "ExportValidationError", "__version__", "select_graphs"]
+__all__ = ["TARGETS", "GRAPH_NAMES", "ExportError", "ExportValidationError", "__version__", "select_graphs"]

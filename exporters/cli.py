@@ -6,6 +6,7 @@ gsq-export --ckpt model.pt --target onnx --out out/model-onnx
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 
 from gsq_core.console import run_command
 
-from . import GRAPH_NAMES, TARGETS, ExportValidationError, export_function, target_options
+from . import GRAPH_NAMES, TARGETS, ExportValidationError, target_options
 from .staging import StageLog, check_destination
 
 EXIT_VALIDATION_FAILED = 1  # an artifact was written but failed validation against eager
@@ -56,20 +57,28 @@ def export_command(
     from gsq_core.extras import require_torch
     from gsq_core.images import parse_size
 
+    from .build import ExportOptions, check_target, export
+
     require_torch("gsq-export")  # the eager model is the export's source and its reference
-
-    from . import select_graphs
-
-    extra = target_options.export_options(target, more_options)  # {} for an fp32 onnx export
-    export = export_function(target, extra.get("precision", "fp32"))
-    size = parse_size(image_size) if image_size else None
-    check_destination(out_dir, overwrite)  # before the slow part
+    names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_NAMES)
+    options = ExportOptions(
+        opset=opset,
+        dynamic=dynamic,
+        image_size=parse_size(image_size) if image_size else None,
+        batch_size=batch_size,
+        graphs=tuple(names),  # unknown names fail here, before the checkpoint loads
+        validate=validate,
+        calib_images=calib_images,
+        overwrite=overwrite,
+        progress=True,
+        **target_options.export_options(target, more_options),
+    )
+    check_target(target, options)  # precisions, foreign options, missing packages: before the slow part
+    check_destination(out_dir, overwrite)
     if calib_images is not None:
         from .calibration import check_calibration_folder
 
         check_calibration_folder(calib_images)
-    names = [name.strip() for item in graphs for name in item.split(",") if name.strip()] or list(GRAPH_NAMES)
-    names = select_graphs(names)  # unknown names fail here, before the checkpoint loads
     log = StageLog()
     from gsq_core.api import load_tokenizer, resolve_checkpoint
     from gsq_core.checkpoint import config_summary
@@ -80,21 +89,7 @@ def export_command(
     source = {"checkpoint": str(checkpoint), "sha256": file_checksum(resolve_checkpoint(checkpoint))["sha256"]}
     log.done(f"loaded {checkpoint}: {config_summary(model.config)}")
     try:
-        manifest = export(
-            model,
-            out_dir,
-            opset=opset,
-            dynamic=dynamic,
-            image_size=size,
-            batch_size=batch_size,
-            graphs=names,
-            validate=validate,
-            calib_images=calib_images,
-            overwrite=overwrite,
-            progress=True,
-            source=source,
-            **extra,
-        )
+        manifest = export(model, out_dir, target, replace(options, source=source))
     except ExportValidationError as error:
         print_summary(error.manifest, out_dir)
         raise
@@ -134,10 +129,11 @@ def _io_text(tensors: list[dict[str, Any]]) -> str:
 
 
 def _fidelity_text(result: dict[str, Any]) -> str:
-    if "latent_relative_error" in result:
-        return f"latent rel. err {result['latent_relative_error']:.1e}"
     if result.get("errors"):
         return "error: " + result["errors"][0]
+    if "latent_relative_error" in result:
+        relative = result["latent_relative_error"]
+        return "latent holds NaN / inf" if relative is None else f"latent rel. err {relative:.1e}"
     if "token_agreement" in result:
         return f"tokens {result['token_agreement']:.2%} same, max gap {result['max_score_gap']:.1e}"
     psnr_db = result.get("recon_psnr_db")

@@ -19,6 +19,7 @@ from gsq_core.lookup import normalize_vectors
 from gsq_core.model import GSQTokenizer
 
 from . import GRAPH_NAMES  # noqa: F401  (also importable from here, as before)
+from .validation import TOLERANCES, Tolerances
 
 # Codes per lookup block: the graph never holds more than [N, LOOKUP_CODE_BLOCK] fp32 scores.
 LOOKUP_CODE_BLOCK = 65536
@@ -165,13 +166,25 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph of the artifact: its file, how to build the torch module, and its I/O."""
+    """One graph of the artifact: its file, how to build the torch module, its I/O, and what it is
+    held to against eager (validation feeds it the eager value named like its input and compares its
+    output with the eager value named like its output: images, latent or codes)."""
 
     name: str
     file: str
     build: Callable[[GSQTokenizer], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # The graph is the codebook lookup alone, which stays fp32 in every precision: it is held to
+    # fp32's tolerances (every token an optimal choice) whatever the build's precision.
+    exact_lookup: bool = False
+
+    def tolerances(self, precision: str, overrides: Tolerances | None = None) -> Tolerances:
+        """The tolerances this graph is validated with in a build of `precision` (overrides: the
+        reduced precisions' thresholds set by gsq-export's flags)."""
+        if self.exact_lookup or precision == "fp32":
+            return TOLERANCES["fp32"]
+        return overrides or TOLERANCES[precision]
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,7 @@ def graph_specs(model: GSQTokenizer, plan: ShapePlan, code_block: int = LOOKUP_C
     return {
         "encoder": GraphSpec("encoder", "encoder.onnx", EncoderGraph, (images,), (latent,)),
         "quantizer": GraphSpec(
-            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, code_block), (latent,), (codes,)
+            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, code_block), (latent,), (codes,), exact_lookup=True
         ),
         "decoder": GraphSpec("decoder", "decoder.onnx", DecoderGraph, (codes,), (images,)),
         "tokenize": GraphSpec("tokenize", "tokenize.onnx", lambda m: TokenizeGraph(m, code_block), (images,), (codes,)),

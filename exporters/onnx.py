@@ -8,109 +8,107 @@ height and width symbolic, which validation checks by running shapes other than 
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from gsq_core.model import GSQTokenizer
-
-from . import GRAPH_NAMES, ExportError, __version__, select_graphs
-from .calibration import photos_for, validation_batches
-from .graphs import LOOKUP_CODE_BLOCK, GraphSpec, ShapePlan, TensorSpec, graph_specs
+from . import ExportError, __version__
+from .build import DEFAULT_OPSET, BuildStep, ExportOptions, SourceRequest, Target, export
 from .manifest import build_manifest
-from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
-from .validation import validate_graphs
 
-DEFAULT_OPSET = 17
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gsq_core.model import GSQTokenizer
+
+    from .graphs import GraphSpec, ShapePlan, TensorSpec
+
 MIN_OPSET, MAX_OPSET = 14, 20  # SDPA needs 14; the TorchScript exporter stops at 20
-PRECISION = "fp32"
-TARGET = "onnx"
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 
 _NUMPY_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 16: "bfloat16"}
 
 
-def export_onnx(
-    model: GSQTokenizer,
-    out_dir: str | Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic: bool = True,
-    image_size: tuple[int, int] | None = None,
-    batch_size: int | None = None,
-    graphs: Iterable[str] = GRAPH_NAMES,
-    validate: bool = True,
-    calib_images: str | Path | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    code_block: int = LOOKUP_CODE_BLOCK,
-    source: dict[str, Any] | None = None,
-) -> dict:
-    """Write the ONNX graphs and manifest.json to out_dir; return the manifest.
+def export_onnx(model: GSQTokenizer, out_dir: str | Path, **options: Any) -> dict:
+    """Write the fp32 ONNX graphs and manifest.json to out_dir, validated against eager; return the
+    manifest. options: the fields of exporters.build.ExportOptions (opset, dynamic, graphs, ...)."""
+    return export(model, out_dir, "onnx", ExportOptions(**options))
 
-    Raises ExportError for bad options or an existing out_dir (without overwrite), and
-    ExportValidationError (after writing the artifacts, manifest marked failed) when a graph
-    disagrees with eager beyond tolerance.
-    """
-    out_dir = Path(out_dir)
-    names = select_graphs(graphs)
-    plan = _shape_plan(model, dynamic, image_size, batch_size)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    check_destination(out_dir, overwrite)
-    log = StageLog(progress)
-    photos = photos_for(calib_images) if validate else []
-    model, was_training = _cpu_fp32(model), model.training
-    specs = graph_specs(model, plan, code_block)
 
-    try:
-        with staging_folder(out_dir) as staging:
-            model.eval()
-            entries: dict[str, dict[str, Any]] = {}
-            for name in names:
-                spec = specs[name]
-                log.start()
-                entries[name] = export_graph(
-                    spec.build(model), spec, staging / spec.file, opset, _example_inputs(model, spec)
-                )
-                size_mb = (staging / spec.file).stat().st_size / 1e6
-                log.done(f"exported {spec.file} ({size_mb:.1f} MB, opset {opset}), onnx.checker passed")
-            shapes = {
-                "dynamic": dynamic,
-                "batch": plan.batch if isinstance(plan.batch, int) else None,
-                "image_size": [plan.height, plan.width] if isinstance(plan.height, int) else None,
-            }
-            manifest = build_manifest(
-                model,
-                target=TARGET,
-                precision=PRECISION,
-                exporter_version=__version__,
-                graphs=entries,
-                artifact_dir=staging,
-                shapes=shapes,
-                source=source,
-            )
-            manifest["lookup"].update(code_block=code_block, code_blocks=-(-model.num_embed // code_block))
-            if validate:
-                batches = validation_batches(photos, model.downsample_factor, batch_size, plan_size(plan))
-                runner = OrtGraphRunner(staging, entries)
-                log.start()
-                manifest["validation"] = validate_graphs(
-                    model, names, runner, batches, PRECISION, image_names=[name for name, _ in photos]
-                )
-                manifest["validation"]["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
-                manifest["validation"]["runtime"] = "onnxruntime CPUExecutionProvider"
-                verdict = "passed" if manifest["validation"]["passed"] else "FAILED"
-                log.done(f"validated {len(names)} graphs against eager on {sum(len(b) for b in batches)} images: {verdict}")
-            install_artifact(staging, out_dir, manifest, log)
-    finally:
-        model.train(was_training)
-    raise_if_failed(manifest)
+def _source(options: ExportOptions) -> SourceRequest | None:
+    """fp32 graphs are traced from the model; reduced precisions convert the fp32 graphs."""
+    if options.precisions == {"fp32"}:
+        return None
+    return SourceRequest("onnx", "fp32")
+
+
+def _check(options: ExportOptions) -> None:
+    import importlib.util
+
+    from gsq_core.extras import install_hint
+
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise ExportError(
+            f"opset {options.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})"
+        )
+    if "fp16" in options.precisions and importlib.util.find_spec("onnxconverter_common") is None:
+        raise ExportError(f"--precision fp16 needs onnxconverter-common: {install_hint('fp16')}")
+
+
+def _build(step: BuildStep) -> dict[str, Any]:
+    if step.source is None:
+        return trace_graphs(step)
+    from .onnx_precision import convert_precision
+
+    return convert_precision(step)
+
+
+def trace_graphs(step: BuildStep) -> dict[str, Any]:
+    """Trace every graph asked for from the model into the staging folder; return the manifest."""
+    from .graphs import graph_specs
+
+    model, options, staging, log = step.model, step.options, step.staging, step.log
+    assert model is not None
+    plan = _shape_plan(model, options.dynamic, options.image_size, options.batch_size)
+    specs = graph_specs(model, plan, options.code_block)
+    entries: dict[str, dict[str, Any]] = {}
+    for name in options.graphs:
+        spec = specs[name]
+        log.start()
+        entries[name] = export_graph(
+            spec.build(model), spec, staging / spec.file, options.opset, _example_inputs(model, spec)
+        )
+        size_mb = (staging / spec.file).stat().st_size / 1e6
+        log.done(f"exported {spec.file} ({size_mb:.1f} MB, opset {options.opset}), onnx.checker passed")
+    shapes = {
+        "dynamic": options.dynamic,
+        "batch": plan.batch if isinstance(plan.batch, int) else None,
+        "image_size": [plan.height, plan.width] if isinstance(plan.height, int) else None,
+    }
+    manifest = build_manifest(
+        model,
+        target="onnx",
+        precision="fp32",
+        exporter_version=__version__,
+        graphs=entries,
+        artifact_dir=staging,
+        shapes=shapes,
+        source=options.source,
+    )
+    manifest["lookup"].update(code_block=options.code_block, code_blocks=-(-model.num_embed // options.code_block))
     return manifest
+
+
+TARGET = Target(
+    name="onnx",
+    precisions=ONNX_PRECISIONS,
+    build=_build,
+    source=_source,
+    runtime="onnx",
+    runtime_options=lambda options: {"provider": "cpu"},
+    check=_check,
+)
 
 
 def export_graph(
@@ -118,6 +116,7 @@ def export_graph(
 ) -> dict[str, Any]:
     """Export one module to path, check it with onnx.checker; return its manifest entry."""
     import onnx
+    import torch
 
     dynamic_axes = {tensor.name: tensor.dynamic_axes() for tensor in spec.inputs + spec.outputs}
     dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if axes}
@@ -155,39 +154,7 @@ def export_graph(
             f"{spec.file}: exported I/O {inputs} -> {outputs} differs from the planned "
             f"{expected_inputs} -> {expected_outputs}"
         )
-    return {"file": spec.file, "inputs": inputs, "outputs": outputs, "precision": PRECISION, "opset": opset}
-
-
-class OrtGraphRunner:
-    """run_graph(name, feed) over ONNX Runtime CPU sessions, one per graph, created once."""
-
-    def __init__(self, artifact_dir: Path, entries: dict[str, dict[str, Any]]):
-        self.artifact_dir = artifact_dir
-        self.entries = entries
-        self._sessions: dict[str, Any] = {}
-
-    def __call__(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        import onnxruntime
-
-        if name not in self._sessions:
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            path = str(self.artifact_dir / self.entries[name]["file"])
-            self._sessions[name] = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return self._sessions[name].run(None, feed)[0]
-
-
-def _cpu_fp32(model: GSQTokenizer) -> GSQTokenizer:
-    """The model itself when it is already fp32 on CPU, else an fp32 CPU copy (the caller's stays put)."""
-    parameter = next(model.parameters())
-    if parameter.device.type == "cpu" and parameter.dtype == torch.float32:
-        return model
-    return copy.deepcopy(model).float().cpu()
-
-
-def plan_size(plan: ShapePlan) -> tuple[int, int] | None:
-    """The fixed (H, W) of a static plan, None when dynamic."""
-    return (plan.height, plan.width) if isinstance(plan.height, int) and isinstance(plan.width, int) else None
+    return {"file": spec.file, "inputs": inputs, "outputs": outputs, "precision": "fp32", "opset": opset}
 
 
 def _tensor_entry(value) -> dict[str, Any]:
@@ -205,6 +172,8 @@ def _tensor_entry(value) -> dict[str, Any]:
 def _shape_plan(
     model: GSQTokenizer, dynamic: bool, image_size: tuple[int, int] | None, batch_size: int | None
 ) -> ShapePlan:
+    from .graphs import ShapePlan
+
     factor = model.downsample_factor
     if dynamic:
         if image_size is not None or batch_size is not None:
@@ -228,6 +197,8 @@ def _shape_plan(
 
 def _example_inputs(model: GSQTokenizer, spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     """Tracing inputs: the fixed shape, or for symbolic axes batch 2 and a 4x6 token grid."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     factor = model.downsample_factor
     symbolic = {"batch": 2, "height": 4 * factor, "width": 6 * factor, "token_height": 4, "token_width": 6}
@@ -239,6 +210,8 @@ def _example_inputs(model: GSQTokenizer, spec: GraphSpec) -> tuple[torch.Tensor,
 
 
 def _example_tensor(tensor: TensorSpec, shape: list[int], num_embed: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     if tensor.dtype == "int64":
         return torch.randint(0, num_embed, shape, generator=generator, dtype=torch.int64)
     return torch.rand(shape, generator=generator) * 2 - 1

@@ -17,27 +17,22 @@ quantizer graph, being fp32 end to end, must still pick optimal codes, and non-f
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gsq_core.model import GSQTokenizer
-
 from . import ExportError
-from .calibration import fit_to_size, multiple_of, photos_for, validation_batches
-from .graphs import GRAPH_NAMES
-from .manifest import MANIFEST_NAME, file_checksum
-from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
-from .validation import TOLERANCES, Tolerances, validate_graphs
+from .build import BuildStep
+from .calibration import fit_to_size, multiple_of, photos_for
+from .manifest import file_checksum
 
-ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gsq_core.model import GSQTokenizer
+
 LOOKUP_SCOPE = "/quantizer/"  # torch.onnx names nodes by module path; TokenizeGraph.quantizer
 LOOKUP_OPS = ("MatMul", "ArgMax")  # what must be inside the kept-fp32 region, or the export is wrong
 MAX_CALIBRATION_BATCH = 4
@@ -121,34 +116,6 @@ def convert_fp16(proto: Any, keep_fp32: Iterable[str]) -> Any:
     return converted
 
 
-@dataclass(frozen=True)
-class SourceArtifact:
-    """An artifact this package just wrote, read back as the input of a conversion (exporters do not
-    import runtimes; the runtimes' loader does the full checks for users)."""
-
-    directory: Path
-    manifest: dict[str, Any]
-
-    @classmethod
-    def read(cls, directory: str | Path) -> "SourceArtifact":
-        path = Path(directory) / MANIFEST_NAME
-        if not path.is_file():
-            raise ExportError(f"{directory}: no {MANIFEST_NAME}; convert an artifact directory written by gsq-export")
-        return cls(Path(directory), json.loads(path.read_text()))
-
-    @property
-    def graphs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["graphs"]
-
-    def graph_path(self, name: str) -> Path:
-        return self.directory / self.graphs[name]["file"]
-
-    def fixed_shape(self) -> tuple[int | None, tuple[int, int] | None]:
-        shapes = self.manifest.get("shapes") or {}
-        size = shapes.get("image_size")
-        return shapes.get("batch"), (tuple(size) if size else None)  # type: ignore[return-value]
-
-
 class _FeedReader:
     """onnxruntime CalibrationDataReader over a list of feeds."""
 
@@ -221,202 +188,73 @@ def calibration_feeds(
     return {"images": [{"images": b} for b in image_batches], "codes": [{"codes": c} for c in code_batches]}
 
 
-def convert_onnx_artifact(
-    model: GSQTokenizer,
-    fp32_dir: str | Path,
-    out_dir: str | Path,
-    precision: str,
-    *,
-    calib_images: str | Path | None = None,
-    validate: bool = True,
-    tolerances: Tolerances | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Write a fp16 or int8 artifact to out_dir from an fp32 ONNX artifact of the same model."""
-    from .onnx import OrtGraphRunner
+def convert_precision(step: BuildStep) -> dict[str, Any]:
+    """Build step of the reduced-precision ONNX target: convert each graph of the fp32 source
+    artifact to its precision (fp16, int8 QDQ) in the staging folder; return the manifest."""
+    import onnx
 
-    if precision not in ONNX_PRECISIONS[1:]:
-        raise ExportError(f"ONNX precision {precision!r} is not supported; choose one of {', '.join(ONNX_PRECISIONS)}")
-    out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    source = SourceArtifact.read(fp32_dir)
-    if source.manifest["target"] != "onnx" or source.manifest["precision"] != "fp32":
-        raise ExportError(
-            f"{fp32_dir}: needs an fp32 ONNX artifact, found {source.manifest['target']} {source.manifest['precision']}"
-        )
-    log = StageLog(progress)
-    photos = photos_for(calib_images)
-    names = [name for name in GRAPH_NAMES if name in source.graphs]
+    model, source, options, staging, log = step.model, step.source, step.options, step.staging, step.log
+    assert model is not None and source is not None
+    names = [name for name in source.graphs if name in options.graphs]
+    precisions = {name: options.precision_for(name) for name in names}
+    int8_inputs = {source.graphs[name]["inputs"][0]["name"] for name in names if precisions[name] == "int8"}
+    photos = photos_for(options.calib_images) if int8_inputs else []
     batch, size = source.fixed_shape()
     factor = model.downsample_factor
-    feeds = (
-        calibration_feeds(model, photos, size or (multiple_of(128, factor),) * 2, batch) if precision == "int8" else {}
-    )
-
-    with staging_folder(out_dir) as staging:
-        import onnx
-
-        manifest = dict(source.manifest)
-        manifest["graphs"] = {}
-        for name in names:
-            entry = dict(source.graphs[name])
-            source_path = source.graph_path(name)
-            target_path = staging / entry["file"]
-            keep = lookup_node_names(name, onnx.load(str(source_path)))
-            log.start()
-            if name == "quantizer":
-                shutil.copyfile(source_path, target_path)  # the lookup and nothing else: stays fp32
-            elif precision == "fp16":
-                onnx.save(convert_fp16(onnx.load(str(source_path)), keep), str(target_path))
-            else:
-                input_name = entry["inputs"][0]["name"]
-                keep = keep + latent_producer_names(name, onnx.load(str(source_path)))
-                quantize_int8(source_path, target_path, keep, feeds[input_name])
-            onnx.checker.check_model(str(target_path), full_check=True)
-            entry.update(precision=precision, fp32_nodes=len(keep))
-            manifest["graphs"][name] = entry
-            log.done(f"converted {entry['file']} to {precision} ({len(keep)} lookup / latent nodes kept fp32)")
-        manifest["precision"] = precision
-        manifest["files"] = {
-            entry["file"]: file_checksum(staging / entry["file"]) for entry in manifest["graphs"].values()
-        }
-        manifest["reduced_precision"] = {
-            "from": "fp32 ONNX export",
-            "kept_fp32": "quantizer lookup (normalise, MatMul, Add, ArgMax), graph inputs and outputs"
-            + (", the layer that writes the latent" if precision == "int8" else ""),
-            "method": "onnxconverter-common float16"
-            if precision == "fp16"
-            else "onnxruntime static QDQ, symmetric int8, per-channel weights, MinMax",
-            "calibration_images": None
-            if precision == "fp16"
-            else {
-                "source": str(calib_images) if calib_images else "scikit-image samples",
-                "names": [name for name, _ in photos],
-            },
-        }
-        manifest["tools"] = {**manifest.get("tools", {}), **_tool_versions(precision)}
-        manifest["validation"] = None
-        if validate:
-            batches = validation_batches(photos, factor, batch, size)
-            runner = OrtGraphRunner(staging, manifest["graphs"])
-            runtime = "onnxruntime CPUExecutionProvider"
-            validate_into_manifest(
-                model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
+    feeds = calibration_feeds(model, photos, size or (multiple_of(128, factor),) * 2, batch) if int8_inputs else {}
+    manifest = source.manifest_copy()
+    manifest["graphs"] = {}
+    for name in names:
+        entry = dict(source.graphs[name])
+        precision = precisions[name]
+        source_path = source.graph_path(name)
+        target_path = staging / entry["file"]
+        proto = onnx.load(str(source_path))
+        keep = lookup_node_names(name, proto)
+        log.start()
+        if precision == "fp32" or len(keep) == len(proto.graph.node):
+            shutil.copyfile(source_path, target_path)  # fp32, or the lookup and nothing else: stays fp32
+        elif precision == "fp16":
+            onnx.save(convert_fp16(proto, keep), str(target_path))
+        else:
+            keep = keep + latent_producer_names(name, proto)
+            quantize_int8(source_path, target_path, keep, feeds[entry["inputs"][0]["name"]])
+        onnx.checker.check_model(str(target_path), full_check=True)
+        entry.update(precision=precision, fp32_nodes=len(keep))
+        manifest["graphs"][name] = entry
+        log.done(f"converted {entry['file']} to {precision} ({len(keep)} lookup / latent nodes kept fp32)")
+    manifest["precision"] = options.precision
+    manifest["files"] = {entry["file"]: file_checksum(staging / entry["file"]) for entry in manifest["graphs"].values()}
+    used = set(precisions.values())
+    manifest["reduced_precision"] = {
+        "from": "fp32 ONNX export",
+        "kept_fp32": "quantizer lookup (normalise, MatMul, Add, ArgMax), graph inputs and outputs"
+        + (", the layer that writes the latent" if "int8" in used else ""),
+        "method": "; ".join(
+            method
+            for precision, method in (
+                ("fp16", "fp16: onnxconverter-common float16"),
+                ("int8", "int8: onnxruntime static QDQ, symmetric int8, per-channel weights, MinMax"),
             )
-        install_artifact(staging, out_dir, manifest, log)
-    raise_if_failed(manifest)
+            if precision in used
+        ),
+        "calibration_images": None
+        if "int8" not in used
+        else {
+            "source": str(options.calib_images) if options.calib_images else "scikit-image samples",
+            "names": [name for name, _ in photos],
+        },
+    }
+    manifest["tools"] = {**manifest.get("tools", {}), **_tool_versions(used)}
     return manifest
 
 
-def require_exact_lookup(report: dict) -> None:
-    """The fp32 quantizer graph of a reduced-precision build must still pick optimal codes (hard failure)."""
-    result = report["graphs"].get("quantizer")
-    if result is not None and result["max_score_gap"] > TOLERANCES["fp32"].max_score_gap:
-        failure = (
-            f"quantizer: the fp32 lookup picked a non-optimal code (score gap {result['max_score_gap']:.3g} "
-            f"> {TOLERANCES['fp32'].max_score_gap:g}); the lookup is not running in fp32"
-        )
-        result["passed"] = False
-        report["failures"].append(failure)
-        report["passed"] = False
-
-
-def summary_line(report: dict, image_count: int) -> str:
-    """One stage line: verdict, warnings and the tokenize graph's agreement."""
-    verdict = "passed" if report["passed"] else "FAILED"
-    tokens = report["graphs"].get("tokenize") or report["graphs"].get("quantizer")
-    agreement = f", token agreement {tokens['token_agreement']:.2%}" if tokens else ""
-    warnings = f", {len(report['warnings'])} warning(s)" if report.get("warnings") else ""
-    line = f"validated {len(report['graphs'])} graphs against eager on {image_count} images: {verdict}"
-    line += agreement + warnings
-    for warning in report.get("warnings", []):
-        line += f"\n  warning: {warning}"
-    return line
-
-
-def validate_into_manifest(
-    model: GSQTokenizer,
-    manifest: dict,
-    runner: Any,
-    photos: list,
-    batches: list[np.ndarray],
-    precision: str,
-    tolerances: Tolerances | None,
-    calib_images: str | Path | None,
-    runtime: str,
-    log: StageLog,
-) -> None:
-    """Validate a converted artifact's graphs against eager with `runner`; store the report in the manifest."""
-    log.start()
-    report = validate_graphs(
-        model,
-        list(manifest["graphs"]),
-        runner,
-        batches,
-        precision,
-        image_names=[name for name, _ in photos],
-        tolerances=tolerances or TOLERANCES[precision],
-    )
-    report["images"]["source"] = str(calib_images) if calib_images else "scikit-image samples"
-    report["runtime"] = runtime
-    require_exact_lookup(report)
-    manifest["validation"] = report
-    log.done(summary_line(report, sum(len(b) for b in batches)))
-
-
-def _tool_versions(precision: str) -> dict[str, str]:
+def _tool_versions(precisions: set[str]) -> dict[str, str]:
     import onnxruntime
 
     versions = {"onnxruntime": onnxruntime.__version__}
-    if precision == "fp16":
+    if "fp16" in precisions:
         import onnxconverter_common
 
         versions["onnxconverter_common"] = onnxconverter_common.__version__
     return versions
-
-
-@contextlib.contextmanager
-def exported_onnx(
-    model: GSQTokenizer,
-    out_dir: Path,
-    precision: str,
-    *,
-    calib_images: str | Path | None,
-    overwrite: bool,
-    progress: bool,
-    onnx_options: dict[str, Any],
-) -> Iterator[Path]:
-    """An unvalidated ONNX artifact at `precision` (fp32, or fp16/int8 converted from it) in a
-    temporary folder beside out_dir, for a target built from ONNX graphs; removed on exit."""
-    from .onnx import export_onnx
-
-    check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.onnx-", dir=out_dir.parent) as work:
-        onnx_dir = Path(work) / "fp32"
-        export_onnx(model, onnx_dir, validate=False, progress=progress, **onnx_options)
-        if precision != "fp32":
-            reduced = Path(work) / precision
-            convert_onnx_artifact(
-                model, onnx_dir, reduced, precision, calib_images=calib_images, validate=False, progress=progress
-            )
-            onnx_dir = reduced
-        yield onnx_dir
-
-
-def export_onnx_precision(model: GSQTokenizer, out_dir: str | Path, *, precision: str, **options: Any) -> dict:
-    """fp32 ONNX export into a temporary folder, then convert_onnx_artifact to `precision`."""
-    convert_keys = ("calib_images", "validate", "overwrite", "progress", "tolerances")
-    convert_options = {key: options.pop(key) for key in convert_keys if key in options}
-    out_dir = Path(out_dir)
-    with exported_onnx(
-        model,
-        out_dir,
-        "fp32",
-        calib_images=None,
-        overwrite=bool(convert_options.get("overwrite")),
-        progress=convert_options.get("progress", True),
-        onnx_options=options,
-    ) as fp32_dir:
-        return convert_onnx_artifact(model, fp32_dir, out_dir, precision, **convert_options)

@@ -1,53 +1,85 @@
-"""TensorRT engines built from the exported ONNX graphs, validated against eager on the GPU.
+"""TensorRT engines built with Polygraphy from the exported ONNX graphs, validated on the GPU.
 
     gsq-export --ckpt model.pt --target trt --precision fp16 \\
         --min-shape 1x64x64 --opt-shape 4x256x256 --max-shape 8x512x512 --out out/model-trt
 
+Each engine is built by Polygraphy's loaders (pip install 'gsq-deploy[trt]'): the network parsed
+from the ONNX graph (NetworkFromOnnxPath), a post-processing step that pins the lookup to fp32
+(PostprocessNetwork), a builder config with the optimization profile, the precision flags,
+precision constraints, the workspace limit and a timing cache (CreateConfig), and the build
+itself (EngineBytesFromNetwork), which merges what it timed back into the timing cache file.
 - Shapes: one optimization profile per engine from --min/--opt/--max-shape (BxHxW images; latent and
   token grids follow from the downsampling factor). A --static export builds for its fixed shape.
 - Precision: fp32, fp16, bf16 (builder flags on the fp32 graphs) and int8 (explicit quantization:
   the symmetric QDQ graphs of exporters.onnx_precision, calibrated over --calib-images; TensorRT 10
   deprecates implicit calibrators). In every reduced precision the lookup's layers (normalise,
-  MatMul, Add, ArgMax) are constrained to fp32 (layer.precision, output types, and
-  OBEY_PRECISION_CONSTRAINTS), so a flipped token can only come from the encoder's rounding.
+  MatMul, Add, ArgMax) and the constants they read are constrained to fp32 (layer precision, output
+  types, and precision constraints "obey"), so a flipped token can only come from the encoder's rounding.
 - Token ids are int32 at the engine boundary (exporters.tensorrt_compat); runtimes.trt converts.
 - Engines only run on the GPU model and TensorRT version that built them: the manifest records the
   GPU name, compute capability and TensorRT version, and runtimes.trt refuses any other.
-- A timing cache (--timing-cache FILE) is read when present and written back after the build.
+- Validation opens the staged engines with runtimes.trt (Polygraphy's TrtRunner), as users do.
+No TensorRT or GPU is reachable where this was written: the build is checked statically here
+(exporters.tensorrt_compat, the Polygraphy loader chain and the fp32 pinning with stand-ins, in
+tests/test_targets_tensorrt.py), and for real on a machine with both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from gsq_core.model import GSQTokenizer
-from runtimes.trt import INSTALL_HINT, missing_requirements  # what engines need is the runtime's to say
+from runtimes.trt import cuda_device_facts, missing_requirements, trt_install_hint
 
 from . import ExportError
-from .calibration import multiple_of, photos_for, validation_batches
+from .build import BuildStep, ExportOptions, SourceRequest, Target, export, flag
+from .calibration import multiple_of
 from .manifest import file_checksum
-from .onnx_precision import SourceArtifact, exported_onnx, lookup_node_names, validate_into_manifest
-from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
+from .onnx_precision import lookup_node_names
 from .tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
-from .validation import Tolerances
 
-TARGET = "trt"
 TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_WORKSPACE_MB = 4096
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """gsq-export's TensorRT options (--target trt, and --target triton --triton-backend tensorrt)."""
+
+    OWNER: ClassVar[str] = "TensorRT"
+    USE_WITH: ClassVar[str] = "--target trt"
+
+    min_shape: str | None = flag(None, "--min-shape", "trt: smallest BxHxW of the optimization profile.")
+    opt_shape: str | None = flag(None, "--opt-shape", "trt: BxHxW the engines are tuned for.")
+    max_shape: str | None = flag(None, "--max-shape", "trt: largest BxHxW of the optimization profile.")
+    workspace_mb: int = flag(
+        DEFAULT_WORKSPACE_MB, "--workspace-mb", f"trt: builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MB}).",
+        type=("int_range", 16),
+    )  # fmt: skip
+    timing_cache: Path | None = flag(
+        None, "--timing-cache", "trt: timing cache file, read if present and updated.", type="path"
+    )
 
 
 def require_tensorrt(what: str = "--target trt") -> Any:
     """The tensorrt module on a CUDA machine, or ExportError in one line saying what is missing."""
     missing = missing_requirements()
     if missing:
-        raise ExportError(f"{what} needs TensorRT and a CUDA GPU: {'; '.join(missing)}. Install: {INSTALL_HINT}")
+        raise ExportError(f"{what} needs TensorRT and a CUDA GPU: {'; '.join(missing)}. Install: {trt_install_hint()}")
     import tensorrt
 
     return tensorrt
+
+
+def export_tensorrt(model: Any, out_dir: str | Path, **options: Any) -> dict:
+    """ONNX export (QDQ for int8) into a temporary folder, then engines into out_dir. options: the
+    fields of exporters.build.ExportOptions, and trt=TensorRTOptions(...)."""
+    trt_options = options.pop("trt", None)
+    target_options = (trt_options,) if trt_options is not None else ()
+    return export(model, out_dir, "trt", ExportOptions(**options, target_options=target_options))
 
 
 @dataclass(frozen=True)
@@ -59,7 +91,7 @@ class ProfileShapes:
     max: tuple[int, int, int]
 
     @classmethod
-    def parse(cls, minimum: str | None, optimum: str | None, maximum: str | None, factor: int) -> "ProfileShapes":
+    def parse(cls, minimum: str | None, optimum: str | None, maximum: str | None, factor: int) -> ProfileShapes:
         """From 'BxHxW' strings (defaults: 1 x 2f x 2f, 1x256x256, 8x512x512), checked."""
         default_opt = (1, multiple_of(256, factor), multiple_of(256, factor))
         shapes = (
@@ -80,6 +112,11 @@ class ProfileShapes:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    def holds(self, images_shape: tuple[int, ...]) -> bool:
+        """Whether a [B, C, H, W] image batch lies inside the profile."""
+        batch, _, height, width = images_shape
+        return all(low <= value <= high for low, value, high in zip(self.min, (batch, height, width), self.max))
 
 
 def _parse_bhw(text: str, label: str) -> tuple[int, int, int]:
@@ -107,305 +144,238 @@ def input_shapes(entry: dict[str, Any], image_shape: tuple[int, int, int], facto
     return [symbolic[dim] if isinstance(dim, str) else int(dim) for dim in entry["inputs"][0]["shape"]]
 
 
-def export_tensorrt(
-    model: GSQTokenizer,
-    out_dir: str | Path,
-    *,
-    precision: str = "fp32",
-    min_shape: str | None = None,
-    opt_shape: str | None = None,
-    max_shape: str | None = None,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    timing_cache: str | Path | None = None,
-    validate: bool = True,
-    calib_images: str | Path | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    tolerances: Tolerances | None = None,
-    **onnx_options: Any,
-) -> dict:
-    """ONNX export (QDQ for int8) into a temporary folder, then build_engines into out_dir."""
-    require_tensorrt()  # before any work: one clear line on machines without TensorRT or a GPU
-    if precision not in TRT_PRECISIONS:
-        raise ExportError(
-            f"TensorRT precision {precision!r} is not supported; choose one of {', '.join(TRT_PRECISIONS)}"
-        )
-    out_dir = Path(out_dir)
-    with exported_onnx(
-        model,
-        out_dir,
-        "int8" if precision == "int8" else "fp32",  # TensorRT makes fp16/bf16 itself from fp32 graphs
-        calib_images=calib_images,
-        overwrite=overwrite,
-        progress=progress,
-        onnx_options=onnx_options,
-    ) as onnx_dir:
-        return build_engines(
-            model,
-            onnx_dir,
-            out_dir,
-            precision=precision,
-            min_shape=min_shape,
-            opt_shape=opt_shape,
-            max_shape=max_shape,
-            workspace_mb=workspace_mb,
-            timing_cache=timing_cache,
-            validate=validate,
-            calib_images=calib_images,
-            overwrite=overwrite,
-            progress=progress,
-            tolerances=tolerances,
-        )
+def engine_profile(step: BuildStep) -> ProfileShapes:
+    """The profile every engine of this build gets: a static source's fixed shape, else the flags'."""
+    assert step.source is not None and step.model is not None
+    batch, size = step.source.fixed_shape()
+    if batch is not None and size is not None:
+        fixed = (batch, size[0], size[1])
+        return ProfileShapes(fixed, fixed, fixed)
+    trt_options = step.options.options_of(TensorRTOptions)
+    factor = step.model.downsample_factor
+    return ProfileShapes.parse(trt_options.min_shape, trt_options.opt_shape, trt_options.max_shape, factor)
 
 
-def build_engines(
-    model: GSQTokenizer,
-    onnx_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    precision: str,
-    min_shape: str | None = None,
-    opt_shape: str | None = None,
-    max_shape: str | None = None,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    timing_cache: str | Path | None = None,
-    validate: bool = True,
-    calib_images: str | Path | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    tolerances: Tolerances | None = None,
-) -> dict:
-    """Build one engine per graph of an ONNX artifact, validate them on the GPU, write the manifest."""
+def build_engines(step: BuildStep) -> dict[str, Any]:
+    """Build step: one engine per graph of the ONNX source artifact, with Polygraphy's loaders."""
     import onnx
 
     trt = require_tensorrt()
-    out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    source = SourceArtifact.read(onnx_dir)
-    factor = model.downsample_factor
-    batch, size = source.fixed_shape()
-    if batch is not None and size is not None:
-        fixed = (batch, size[0], size[1])
-        profile = ProfileShapes(fixed, fixed, fixed)
-    else:
-        profile = ProfileShapes.parse(min_shape, opt_shape, max_shape, factor)
-    log = StageLog(progress)
-    with staging_folder(out_dir) as staging:
-        manifest = dict(source.manifest)
-        manifest["graphs"], manifest["files"] = {}, {}
-        (staging / "onnx").mkdir()
-        cache_path = Path(timing_cache) if timing_cache else None
-        for name, onnx_entry in source.graphs.items():
-            log.start()
-            proto = onnx.load(str(source.graph_path(name)))
-            keep_fp32 = lookup_node_names(name, proto)
-            prepared = prepare_for_tensorrt(proto)
-            problems = tensorrt_problems(prepared)
-            if problems:
-                raise ExportError(f"{name} graph is not TensorRT-compatible: {'; '.join(problems[:3])}")
-            onnx_name = f"onnx/{onnx_entry['file']}"
-            onnx.save(prepared, str(staging / onnx_name))
-            engine_name = Path(onnx_entry["file"]).with_suffix(".engine").name
-            shapes = {
-                key: input_shapes(onnx_entry, value, factor)
-                for key, value in zip(("min", "opt", "max"), (profile.min, profile.opt, profile.max))
-            }
-            layers_fp32 = build_engine(
-                trt,
-                staging / onnx_name,
-                staging / engine_name,
-                onnx_entry["inputs"][0]["name"],
-                shapes,
-                precision,
-                keep_fp32,
-                workspace_mb,
-                cache_path,
-            )
-            entry = {
-                **onnx_entry,
-                "file": engine_name,
-                "onnx": onnx_name,
-                "precision": precision,
-                "inputs": [_int32_codes(tensor) for tensor in onnx_entry["inputs"]],
-                "outputs": [_int32_codes(tensor) for tensor in onnx_entry["outputs"]],
-                "profile": shapes,
-                "fp32_layers": layers_fp32,
-            }
-            manifest["graphs"][name] = entry
-            for file_name in (engine_name, onnx_name):
-                manifest["files"][file_name] = file_checksum(staging / file_name)
-            size_mb = (staging / engine_name).stat().st_size / 1e6
-            log.done(f"built {engine_name} ({size_mb:.1f} MB, {precision}, {layers_fp32} lookup layers fp32)")
-        manifest["target"] = TARGET
-        manifest["precision"] = precision
-        manifest["tensorrt"] = {
-            **engine_compatibility(trt),
-            "profile": profile.to_dict(),
-            "workspace_mb": workspace_mb,
-            "codes_dtype": "int32",
-            "timing_cache": str(cache_path) if cache_path else None,
+    source, staging, log, options = step.source, step.staging, step.log, step.options
+    assert source is not None and step.model is not None
+    factor = step.model.downsample_factor
+    profile = engine_profile(step)
+    trt_options = options.options_of(TensorRTOptions)
+    manifest = source.manifest_copy()
+    manifest["graphs"], manifest["files"] = {}, {}
+    (staging / "onnx").mkdir()
+    for name, onnx_entry in source.graphs.items():
+        log.start()
+        precision = options.precision_for(name)
+        proto = onnx.load(str(source.graph_path(name)))
+        keep_fp32 = lookup_node_names(name, proto)
+        prepared = prepare_for_tensorrt(proto)
+        problems = tensorrt_problems(prepared)
+        if problems:
+            raise ExportError(f"{name} graph is not TensorRT-compatible: {'; '.join(problems[:3])}")
+        onnx_name = f"onnx/{onnx_entry['file']}"
+        onnx.save(prepared, str(staging / onnx_name))
+        engine_name = Path(onnx_entry["file"]).with_suffix(".engine").name
+        shapes = {
+            key: input_shapes(onnx_entry, value, factor)
+            for key, value in zip(("min", "opt", "max"), (profile.min, profile.opt, profile.max))
         }
-        manifest["tools"] = {**manifest.get("tools", {}), "tensorrt": trt.__version__}
-        manifest["validation"] = None
-        if validate:
-            photos = photos_for(calib_images)
-            batches = [b for b in validation_batches(photos, factor, batch, size) if _within(b.shape, profile)]
-            if not batches:
-                raise ExportError(
-                    f"no validation batch fits the profile {profile.to_dict()}; widen --min-shape / --max-shape "
-                    "(validation uses batches of up to 8 images at about 96x96 and 80x144) or pass --no-validate"
-                )
-            runner = TrtGraphRunner(staging, manifest["graphs"])
-            runtime = f"TensorRT {trt.__version__} on {manifest['tensorrt']['gpu']}"
-            validate_into_manifest(
-                model, manifest, runner, photos, batches, precision, tolerances, calib_images, runtime, log
-            )
-        install_artifact(staging, out_dir, manifest, log)
-    raise_if_failed(manifest)
+        plan = EnginePlan(onnx_entry["inputs"][0]["name"], shapes, precision, keep_fp32, trt_options)
+        layers_fp32 = build_engine(trt, staging / onnx_name, staging / engine_name, plan)
+        entry = {
+            **onnx_entry,
+            "file": engine_name,
+            "onnx": onnx_name,
+            "precision": precision,
+            "inputs": [_int32_codes(tensor) for tensor in onnx_entry["inputs"]],
+            "outputs": [_int32_codes(tensor) for tensor in onnx_entry["outputs"]],
+            "profile": shapes,
+            "fp32_layers": layers_fp32,
+        }
+        manifest["graphs"][name] = entry
+        for file_name in (engine_name, onnx_name):
+            manifest["files"][file_name] = file_checksum(staging / file_name)
+        size_mb = (staging / engine_name).stat().st_size / 1e6
+        log.done(f"built {engine_name} ({size_mb:.1f} MB, {precision}, {layers_fp32} lookup layers fp32)")
+    name, capability = cuda_device_facts(0)
+    manifest["target"] = "trt"
+    manifest["precision"] = options.precision
+    manifest["tensorrt"] = {
+        "version": trt.__version__,
+        "gpu": name,
+        "compute_capability": capability,
+        "profile": profile.to_dict(),
+        "workspace_mb": trt_options.workspace_mb,
+        "codes_dtype": "int32",
+        "timing_cache": str(trt_options.timing_cache) if trt_options.timing_cache else None,
+        "built_with": "polygraphy",
+    }
+    manifest["tools"] = {**manifest.get("tools", {}), "tensorrt": trt.__version__, **_polygraphy_version()}
     return manifest
 
 
-def build_engine(
-    trt: Any,
-    onnx_path: Path,
-    engine_path: Path,
-    input_name: str,
-    shapes: dict[str, list[int]],
-    precision: str,
-    keep_fp32: list[str],
-    workspace_mb: int,
-    timing_cache: Path | None,
-) -> int:
-    """Parse, configure and build one engine; returns how many layers were constrained to fp32."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise ExportError(f"{onnx_path.name}: TensorRT's ONNX parser rejected it: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    elif precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the QDQ layers set the scales
-    constrained = 0
-    if precision != "fp32":
-        constrained = constrain_to_fp32(trt, network, keep_fp32)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"{onnx_path.name}: TensorRT could not build an engine (see the TensorRT log above)")
+@dataclass(frozen=True)
+class EnginePlan:
+    """What one engine is built for: its input's profile shapes, precision and fp32 region."""
+
+    input_name: str
+    shapes: dict[str, list[int]]  # min / opt / max input shape
+    precision: str
+    keep_fp32: list[str]  # ONNX node names of the lookup
+    options: TensorRTOptions
+
+
+def engine_loader(trt: Any, onnx_path: Path, plan: EnginePlan) -> tuple[Any, LookupPins]:
+    """Polygraphy's loader chain for one engine (not run yet), and the pinning step's record."""
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessNetwork,
+        Profile,
+    )
+
+    reduced = plan.precision != "fp32"
+    pins = LookupPins(trt, plan.keep_fp32 if reduced else [])
+    network = PostprocessNetwork(NetworkFromOnnxPath(str(onnx_path)), func=pins, name="pin the lookup to fp32")
+    cache = plan.options.timing_cache
+    config = CreateConfig(
+        fp16=plan.precision == "fp16",
+        bf16=plan.precision == "bf16",
+        int8=plan.precision == "int8",  # explicit quantization: the QDQ layers carry the scales
+        profiles=[Profile().add(plan.input_name, plan.shapes["min"], plan.shapes["opt"], plan.shapes["max"])],
+        precision_constraints="obey" if reduced else None,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.options.workspace_mb << 20},
+        load_timing_cache=str(cache) if cache is not None and Path(cache).is_file() else None,
+    )
+    loader = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache) if cache else None)
+    return loader, pins
+
+
+def build_engine(trt: Any, onnx_path: Path, engine_path: Path, plan: EnginePlan) -> int:
+    """Build one engine with Polygraphy and write it; returns how many layers were pinned to fp32."""
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    loader, pins = engine_loader(trt, onnx_path, plan)
+    if plan.options.timing_cache is not None:
+        Path(plan.options.timing_cache).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            serialized = loader()
+    except PolygraphyException as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else "see the TensorRT log above"
+        raise ExportError(f"{onnx_path.name}: TensorRT could not build an engine: {message}") from None
     engine_path.write_bytes(bytes(serialized))
-    if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = timing_cache.with_name(f".{timing_cache.name}.tmp")
-        tmp.write_bytes(bytes(cache.serialize()))  # the build added its new timings to it
-        tmp.replace(timing_cache)
-    return constrained
+    return pins.count
 
 
-def constrain_to_fp32(trt: Any, network: Any, keep_fp32: list[str]) -> int:
-    """Pin the lookup's layers (named after their ONNX nodes, plus parser suffixes) to fp32."""
-    float_types = {trt.float32, trt.float16, trt.bfloat16}
-    prefixes = tuple(keep_fp32)
-    layers = [network.get_layer(index) for index in range(network.num_layers)]
-    # A layer belongs to the lookup when its name or an output tensor's name (the parser names both
-    # after the ONNX node, "<node>" and "<node>_output_0", helper layers at least one of them) does.
-    chosen = [
-        layer
-        for layer in layers
-        if prefixes
-        and (
-            layer.name.startswith(prefixes)
-            or any(layer.get_output(i).name.startswith(prefixes) for i in range(layer.num_outputs))
-        )
-    ]
-    # The constants they read (the normalised codebook, the bias) are named after their ONNX
-    # initializers, not nodes: pin those too, or an fp16 build would round the codebook.
-    read = {
-        layer.get_input(i).name for layer in chosen for i in range(layer.num_inputs) if layer.get_input(i) is not None
-    }
-    chosen_names = {layer.name for layer in chosen}
-    chosen += [
-        layer
-        for layer in layers
-        if layer.type == trt.LayerType.CONSTANT and layer.name not in chosen_names and layer.get_output(0).name in read
-    ]
-    count = 0
-    for layer in chosen:
-        if layer.type == trt.LayerType.CONSTANT and layer.get_output(0).dtype not in float_types:
-            continue
-        layer.precision = trt.float32
-        for output in range(layer.num_outputs):
-            if layer.get_output(output).dtype in float_types:
-                layer.set_output_type(output, trt.float32)
-        count += 1
-    if keep_fp32 and count == 0:
-        raise ExportError(
-            "no TensorRT layer matched the quantizer lookup's ONNX node names; "
-            "refusing to build it in reduced precision"
-        )
-    return count
+class LookupPins:
+    """The network post-processing step: pin the lookup's layers, and the constants they read, to fp32.
 
+    TensorRT's ONNX parser names a layer after its ONNX node ("<node>", helper layers "<node>_...")
+    and an output tensor "<node>_output_0", so a layer belongs to the lookup when its name or an
+    output's name starts with a lookup node's name. The constants those layers read (the normalised
+    codebook, the bias) are named after ONNX initializers, not nodes: they are found as the
+    CONSTANT layers producing an input of a chosen layer, or an fp16 build would round the codebook.
+    """
 
-def engine_compatibility(trt: Any) -> dict[str, Any]:
-    """The GPU and TensorRT version an engine built now is tied to."""
-    import torch
+    def __init__(self, trt: Any, keep_fp32: list[str]):
+        self.trt = trt
+        self.prefixes = tuple(keep_fp32)
+        self.count = 0
 
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"version": trt.__version__, "gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    def __call__(self, network: Any) -> None:
+        if not self.prefixes:
+            return
+        trt = self.trt
+        float_types = {trt.float32, trt.float16, trt.bfloat16}
+        layers = [network.get_layer(index) for index in range(network.num_layers)]
+        chosen = [
+            layer
+            for layer in layers
+            if layer.name.startswith(self.prefixes)
+            or any(layer.get_output(i).name.startswith(self.prefixes) for i in range(layer.num_outputs))
+        ]
+        read = {
+            layer.get_input(i).name
+            for layer in chosen
+            for i in range(layer.num_inputs)
+            if layer.get_input(i) is not None
+        }
+        chosen_names = {layer.name for layer in chosen}
+        chosen += [
+            layer
+            for layer in layers
+            if layer.type == trt.LayerType.CONSTANT
+            and layer.name not in chosen_names
+            and layer.get_output(0).name in read
+        ]
+        count = 0
+        for layer in chosen:
+            if layer.type == trt.LayerType.CONSTANT and layer.get_output(0).dtype not in float_types:
+                continue
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                if layer.get_output(output).dtype in float_types:
+                    layer.set_output_type(output, trt.float32)
+            count += 1
+        if count == 0:
+            raise ExportError(
+                "no TensorRT layer matched the quantizer lookup's ONNX node names; "
+                "refusing to build it in reduced precision"
+            )
+        self.count = count
 
 
 def _int32_codes(tensor: dict[str, Any]) -> dict[str, Any]:
     return {**tensor, "dtype": "int32"} if tensor["name"] == "codes" else tensor
 
 
-def _within(shape: tuple[int, ...], profile: ProfileShapes) -> bool:
-    batch, _, height, width = shape
-    return all(low <= value <= high for low, value, high in zip(profile.min, (batch, height, width), profile.max))
+def _polygraphy_version() -> dict[str, str]:
+    import polygraphy
+
+    return {"polygraphy": polygraphy.__version__}
 
 
-class TrtGraphRunner:
-    """run_graph(name, feed) over the engines in a staging folder, for validation (torch CUDA buffers)."""
+def _source(options: ExportOptions) -> SourceRequest:
+    """fp16 / bf16 engines are made by TensorRT from the fp32 graphs; int8 from the QDQ graphs."""
+    def onnx_precision(precision: str) -> str:
+        return "int8" if precision == "int8" else "fp32"
 
-    def __init__(self, artifact_dir: Path, entries: dict[str, dict[str, Any]]):
-        self.artifact_dir = artifact_dir
-        self.entries = entries
-        self._engines: dict[str, Any] = {}
+    per_graph = {graph: onnx_precision(value) for graph, value in options.graph_precisions.items()}
+    return SourceRequest("onnx", onnx_precision(options.precision), per_graph)
 
-    def __call__(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        import tensorrt as trt
-        import torch
 
-        if name not in self._engines:
-            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            engine = runtime.deserialize_cuda_engine((self.artifact_dir / self.entries[name]["file"]).read_bytes())
-            self._engines[name] = (runtime, engine, engine.create_execution_context())
-        _, engine, context = self._engines[name]
-        ((input_name, value),) = feed.items()
-        if value.dtype == np.int64:
-            value = value.astype(np.int32)
-        device_input = torch.from_numpy(np.ascontiguousarray(value)).cuda()
-        context.set_input_shape(input_name, tuple(device_input.shape))
-        output_name = self.entries[name]["outputs"][0]["name"]
-        output_shape = tuple(context.get_tensor_shape(output_name))
-        output_dtype = torch.int32 if self.entries[name]["outputs"][0]["dtype"] == "int32" else torch.float32
-        device_output = torch.empty(output_shape, dtype=output_dtype, device="cuda")
-        context.set_tensor_address(input_name, device_input.data_ptr())
-        context.set_tensor_address(output_name, device_output.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise ExportError(f"{name}: TensorRT execution failed")
-        stream.synchronize()
-        result = device_output.cpu().numpy()
-        return result.astype(np.int64) if result.dtype == np.int32 else result
+def _check(options: ExportOptions) -> None:
+    require_tensorrt()  # before any work: one clear line on machines without TensorRT or a GPU
+
+
+def _fit_batches(batches: list[np.ndarray], manifest: dict[str, Any]) -> list[np.ndarray]:
+    """The validation batches inside the engines' profile (the runtime splits larger batches)."""
+    profile = ProfileShapes(**{key: tuple(value) for key, value in manifest["tensorrt"]["profile"].items()})
+    fitting = [batch for batch in batches if profile.holds((profile.min[0],) + batch.shape[1:])]
+    if not fitting:
+        raise ExportError(
+            f"no validation batch fits the profile {profile.to_dict()}; widen --min-shape / --max-shape "
+            "(validation uses images of about 96x96 and 80x144) or pass --no-validate"
+        )
+    return fitting
+
+
+TARGET = Target(
+    name="trt",
+    precisions=TRT_PRECISIONS,
+    build=build_engines,
+    source=_source,
+    runtime="trt",
+    runtime_options=lambda options: {"device": 0},
+    option_types=(TensorRTOptions,),
+    check=_check,
+    fit_batches=_fit_batches,
+)

@@ -21,20 +21,18 @@ same image size together.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from gsq_core.model import GSQTokenizer
+from typing import Any, ClassVar
 
 from . import ExportError
-from .manifest import file_checksum, write_manifest
-from .onnx_precision import SourceArtifact
-from .staging import StageLog, check_destination, install, raise_if_failed, staging_folder
+from .build import BuildStep, ExportOptions, SourceRequest, Target, convert, export, flag, load_target
+from .manifest import file_checksum
+from .tensorrt import TensorRTOptions, require_tensorrt
 
-TARGET = "triton"
 TRITON_BACKENDS: dict[str, dict[str, str]] = {
     "onnxruntime": {"platform": "onnxruntime_onnx", "model_file": "model.onnx", "source_target": "onnx"},
     "tensorrt": {"platform": "tensorrt_plan", "model_file": "model.plan", "source_target": "trt"},
@@ -46,54 +44,46 @@ QUEUE_DELAY_US = 2000  # how long the dynamic batcher waits to fill a batch
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
-def export_triton(
-    model: GSQTokenizer,
-    out_dir: str | Path,
-    *,
-    precision: str = "fp32",
-    triton_backend: str = "onnxruntime",
-    max_batch: int = DEFAULT_MAX_BATCH,
-    model_prefix: str = "gsq",
-    instance_kind: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    **target_options: Any,
-) -> dict:
-    """Build the onnx (or trt) artifact at `precision` in a temporary folder, then make_repository."""
-    if triton_backend not in TRITON_BACKENDS:
-        raise ExportError(f"Triton backend {triton_backend!r}: choose one of {', '.join(TRITON_BACKENDS)}")
-    out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.graphs-", dir=out_dir.parent) as work:
-        graphs_dir = Path(work) / "graphs"
-        graphs = target_options.pop("graphs", None) or list(SERVED_GRAPHS)
-        graphs = [name for name in graphs if name in SERVED_GRAPHS] or list(SERVED_GRAPHS)
-        if triton_backend == "tensorrt":
-            from .tensorrt import export_tensorrt
+@dataclass(frozen=True)
+class TritonOptions:
+    """gsq-export's Triton options (--target triton)."""
 
-            export_tensorrt(model, graphs_dir, precision=precision, graphs=graphs, progress=progress, **target_options)
-        elif precision == "fp32":
-            from .onnx import export_onnx
+    OWNER: ClassVar[str] = "Triton"
+    USE_WITH: ClassVar[str] = "--target triton"
 
-            target_options.pop("tolerances", None)  # fp32 ONNX validation has fixed tolerances
-            export_onnx(model, graphs_dir, graphs=graphs, progress=progress, **target_options)
-        else:
-            from .onnx_precision import export_onnx_precision
+    backend: str = flag(
+        "onnxruntime", "--triton-backend", "triton: what serves the models (default onnxruntime).",
+        type=("choice", tuple(TRITON_BACKENDS)),
+    )  # fmt: skip
+    max_batch: int = flag(
+        DEFAULT_MAX_BATCH, "--triton-max-batch",
+        f"triton: max_batch_size of the dynamic batcher (default {DEFAULT_MAX_BATCH}).", type=("int_range", 1),
+    )  # fmt: skip
+    instance_kind: str | None = flag(
+        None, "--triton-instance", "triton: instance kind (default: Triton's choice).", type=("choice", ("cpu", "gpu"))
+    )
+    model_prefix: str = "gsq"  # Triton model names: <prefix>_tokenize, <prefix>_detokenize
 
-            export_onnx_precision(
-                model, graphs_dir, precision=precision, graphs=graphs, progress=progress, **target_options
-            )
-        return make_repository(
-            graphs_dir,
-            out_dir,
-            triton_backend=triton_backend,
-            max_batch=max_batch,
-            model_prefix=model_prefix,
-            instance_kind=instance_kind,
-            overwrite=overwrite,
-            progress=progress,
-        )
+    def __post_init__(self) -> None:
+        if self.backend not in TRITON_BACKENDS:
+            raise ExportError(f"Triton backend {self.backend!r}: choose one of {', '.join(TRITON_BACKENDS)}")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", self.model_prefix):
+            raise ExportError(f"Triton model name prefix {self.model_prefix!r}: use letters, digits, '_' or '-'")
+        if self.max_batch < 1:
+            raise ExportError(f"Triton max batch {self.max_batch} must be >= 1")
+        if self.instance_kind not in (None, "cpu", "gpu"):
+            raise ExportError(f"Triton instance kind {self.instance_kind!r}: choose cpu or gpu")
+
+    @property
+    def source_target(self) -> str:
+        return TRITON_BACKENDS[self.backend]["source_target"]
+
+
+def export_triton(model: Any, out_dir: str | Path, triton: TritonOptions | None = None, **options: Any) -> dict:
+    """Build and validate the onnx (or trt) graphs at the precision in a temporary folder, then write
+    the repository. options: the fields of exporters.build.ExportOptions."""
+    extra = tuple(options.pop("target_options", ()))
+    return export(model, out_dir, "triton", ExportOptions(**options, target_options=(triton or TritonOptions(),) + extra))
 
 
 def make_repository(
@@ -108,71 +98,103 @@ def make_repository(
     progress: bool = True,
 ) -> dict:
     """Write a Triton model repository serving the tokenize / detokenize graphs of an artifact."""
-    backend = TRITON_BACKENDS.get(triton_backend)
-    if backend is None:
-        raise ExportError(f"Triton backend {triton_backend!r}: choose one of {', '.join(TRITON_BACKENDS)}")
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", model_prefix):
-        raise ExportError(f"Triton model name prefix {model_prefix!r}: use letters, digits, '_' or '-'")
-    if max_batch < 1:
-        raise ExportError(f"Triton max batch {max_batch} must be >= 1")
-    if instance_kind not in (None, "cpu", "gpu"):
-        raise ExportError(f"Triton instance kind {instance_kind!r}: choose cpu or gpu")
-    out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
-    source = SourceArtifact.read(graphs_dir)
-    if source.manifest["target"] != backend["source_target"]:
-        raise ExportError(
-            f"{graphs_dir}: the {triton_backend} backend serves {backend['source_target']} artifacts, "
-            f"found {source.manifest['target']}"
-        )
+    triton = TritonOptions(triton_backend, max_batch, instance_kind, model_prefix)
+    found = json.loads((Path(graphs_dir) / "manifest.json").read_text()) if (Path(graphs_dir) / "manifest.json").is_file() else {}
+    options = ExportOptions(
+        precision=found.get("precision", "fp32"), overwrite=overwrite, progress=progress, target_options=(triton,)
+    )
+    return convert(None, graphs_dir, out_dir, "triton", options)
+
+
+def write_repository(step: BuildStep) -> dict[str, Any]:
+    """Build step: the served graphs of the source artifact as a Triton model repository."""
+    source, staging, log = step.source, step.staging, step.log
+    assert source is not None
+    triton = step.options.options_of(TritonOptions)
+    backend = TRITON_BACKENDS[triton.backend]
     served = [name for name in SERVED_GRAPHS if name in source.graphs]
     if not served:
-        raise ExportError(f"{graphs_dir}: has neither a tokenize nor a detokenize graph to serve")
+        raise ExportError(f"{source.directory}: has neither a tokenize nor a detokenize graph to serve")
     dynamic_batch = source.fixed_shape()[0] is None
     profile_batch = (source.manifest.get("tensorrt") or {}).get("profile", {}).get("max", [None])[0]
-    if dynamic_batch and profile_batch is not None and max_batch > profile_batch:
+    if dynamic_batch and profile_batch is not None and triton.max_batch > profile_batch:
         raise ExportError(
-            f"Triton max batch {max_batch} exceeds the engines' profile (max batch {profile_batch}); "
+            f"Triton max batch {triton.max_batch} exceeds the engines' profile (max batch {profile_batch}); "
             f"lower --triton-max-batch or raise --max-shape"
         )
-    log = StageLog(progress)
-    with staging_folder(out_dir) as staging:
-        manifest = dict(source.manifest)
-        manifest["graphs"], manifest["files"], models = {}, {}, {}
-        for name in served:
-            entry = source.graphs[name]
-            model_name = f"{model_prefix}_{name}"
-            version_dir = staging / model_name / MODEL_VERSION
-            version_dir.mkdir(parents=True)
-            model_file = f"{model_name}/{MODEL_VERSION}/{backend['model_file']}"
-            shutil.copyfile(source.graph_path(name), staging / model_file)
-            config_file = f"{model_name}/config.pbtxt"
-            config = model_config(
-                model_name, backend["platform"], entry, max_batch if dynamic_batch else 0, instance_kind
-            )
-            (staging / config_file).write_text(config)
-            manifest["graphs"][name] = {**entry, "file": model_file, "config": config_file, "triton_model": model_name}
-            for file_name in (model_file, config_file):
-                manifest["files"][file_name] = file_checksum(staging / file_name)
-            models[model_name] = {"graph": name, "config": config_file, "version": MODEL_VERSION}
-            log.done(f"wrote {model_name}/ ({backend['platform']}, max_batch_size {max_batch if dynamic_batch else 0})")
-        manifest["triton"] = {
-            "backend": triton_backend,
-            "platform": backend["platform"],
-            "served_from": source.manifest["target"],
-            "max_batch_size": max_batch if dynamic_batch else 0,
-            "dynamic_batching": dynamic_batch,
-            "models": models,
+    max_batch = triton.max_batch if dynamic_batch else 0
+    manifest = source.manifest_copy()
+    manifest["graphs"], manifest["files"], models = {}, {}, {}
+    for name in served:
+        entry = source.graphs[name]
+        model_name = f"{triton.model_prefix}_{name}"
+        version_dir = staging / model_name / MODEL_VERSION
+        version_dir.mkdir(parents=True)
+        model_file = f"{model_name}/{MODEL_VERSION}/{backend['model_file']}"
+        shutil.copyfile(source.graph_path(name), staging / model_file)
+        config_file = f"{model_name}/config.pbtxt"
+        (staging / config_file).write_text(
+            model_config(model_name, backend["platform"], entry, max_batch, triton.instance_kind)
+        )
+        manifest["graphs"][name] = {**entry, "file": model_file, "config": config_file, "triton_model": model_name}
+        for file_name in (model_file, config_file):
+            manifest["files"][file_name] = file_checksum(staging / file_name)
+        models[model_name] = {"graph": name, "config": config_file, "version": MODEL_VERSION}
+        log.done(f"wrote {model_name}/ ({backend['platform']}, max_batch_size {max_batch})")
+    manifest["triton"] = {
+        "backend": triton.backend,
+        "platform": backend["platform"],
+        "served_from": source.manifest["target"],
+        "max_batch_size": max_batch,
+        "dynamic_batching": dynamic_batch,
+        "models": models,
+    }
+    manifest["target"] = "triton"
+    # Triton serves the source's graphs as they are: the source's validation report stays with them.
+    if manifest.get("validation"):
+        manifest["validation"]["graphs"] = {
+            name: result for name, result in manifest["validation"]["graphs"].items() if name in served
         }
-        manifest["target"] = TARGET
-        problems = repository_problems(staging, manifest)
-        if problems:
-            raise ExportError(f"the Triton repository came out inconsistent: {'; '.join(problems)}")
-        write_manifest(staging, manifest)
-        install(staging, out_dir)
-        log.done(f"wrote {out_dir}/manifest.json (tritonserver --model-repository {out_dir})")
-    raise_if_failed(manifest)
+    problems = repository_problems(staging, manifest)
+    if problems:
+        raise ExportError(f"the Triton repository came out inconsistent: {'; '.join(problems)}")
     return manifest
+
+
+def _source(options: ExportOptions) -> SourceRequest:
+    """The onnx (or trt) artifact of the served graphs at the precision, validated by its own runtime."""
+    triton = options.options_of(TritonOptions)
+    served = tuple(name for name in options.graphs if name in SERVED_GRAPHS) or SERVED_GRAPHS
+    return SourceRequest(
+        triton.source_target, options.precision, options.graph_precisions, validate=True, graphs=served
+    )
+
+
+def _check(options: ExportOptions) -> None:
+    """Precisions and options the chosen Triton backend has no build for."""
+    triton = options.options_of(TritonOptions)
+    source = load_target(triton.source_target)
+    unsupported = sorted(options.precisions - set(source.precisions))
+    if unsupported:
+        raise ExportError(
+            f"--precision {unsupported[0]} is not available for --target triton with --triton-backend "
+            f"{triton.backend} (choose {', '.join(source.precisions)})"
+        )
+    if triton.backend != "tensorrt" and any(isinstance(value, TensorRTOptions) for value in options.target_options):
+        raise ExportError("TensorRT options (--min-shape, --workspace-mb, ...) need --target trt or --triton-backend tensorrt")
+    if triton.backend == "tensorrt":
+        require_tensorrt("--triton-backend tensorrt")
+
+
+TARGET = Target(
+    name="triton",
+    precisions=("fp32", "fp16", "bf16", "int8"),
+    build=write_repository,
+    source=_source,
+    runtime=None,  # Triton serves the source's graphs; their validation is the source's
+    option_types=(TritonOptions, TensorRTOptions),
+    check=_check,
+)
 
 
 def model_config(

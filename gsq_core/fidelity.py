@@ -40,14 +40,24 @@ def latent_to_vectors(latent: np.ndarray, num_group: int) -> np.ndarray:
     return latent.transpose(0, 2, 3, 1).reshape(batch * height * width * num_group, dim // num_group)
 
 
-def score_gaps(latent: np.ndarray, codes: np.ndarray, spec: LookupSpec, block_rows: int = 4096) -> np.ndarray:
+def score_gaps(latent: np.ndarray, codes: np.ndarray, spec: LookupSpec) -> np.ndarray:
     """For every token: best score minus the chosen code's score (>= 0), float64, flat [N*G]."""
-    vectors = _normalize(latent_to_vectors(latent, spec.num_group), spec.normalization)
+    return vector_score_gaps(latent_to_vectors(latent, spec.num_group), codes, spec)
+
+
+# Float64 scores held at once by vector_score_gaps (rows x V): 64 MiB, whatever the codebook size.
+SCORE_BLOCK_BYTES = 64 * 2**20
+
+
+def vector_score_gaps(vectors: np.ndarray, codes: np.ndarray, spec: LookupSpec) -> np.ndarray:
+    """Best score minus the chosen code's score (>= 0), float64, for each row of vectors [N, d]."""
+    vectors = _normalize(np.asarray(vectors, dtype=np.float64), spec.normalization)
     codebook = _normalize(spec.codebook.astype(np.float64), spec.normalization)
     chosen = np.asarray(codes).reshape(-1).astype(np.int64)
     if chosen.shape[0] != vectors.shape[0]:
         raise ValueError(f"{chosen.shape[0]} tokens for {vectors.shape[0]} latent vectors")
     code_norms = (codebook**2).sum(axis=1)
+    block_rows = max(1, SCORE_BLOCK_BYTES // (8 * max(1, codebook.shape[0])))
     gaps = np.empty(vectors.shape[0], dtype=np.float64)
     for start in range(0, vectors.shape[0], block_rows):
         rows = vectors[start : start + block_rows]
@@ -67,11 +77,24 @@ def psnr(reference: np.ndarray, test: np.ndarray, data_range: float = 2.0) -> fl
 
 def codebook_usage(codes: np.ndarray, num_embed: int) -> float:
     """Share of the codebook that appears at least once in codes (0..1)."""
-    return float(np.unique(np.asarray(codes).reshape(-1)).size) / num_embed
+    return histogram_usage(np.bincount(np.asarray(codes).reshape(-1).astype(np.int64), minlength=num_embed))
+
+
+def histogram_usage(counts: np.ndarray) -> float:
+    """Share of the codes of a histogram of code counts that occur at least once (0..1)."""
+    counts = np.asarray(counts)
+    return float((counts > 0).sum()) / counts.size
 
 
 def codebook_perplexity(codes: np.ndarray, num_embed: int) -> float:
     """exp(entropy) of the token histogram: the effective number of codes in use."""
-    counts = np.bincount(np.asarray(codes).reshape(-1).astype(np.int64), minlength=num_embed).astype(np.float64)
+    return histogram_perplexity(np.bincount(np.asarray(codes).reshape(-1).astype(np.int64), minlength=num_embed))
+
+
+def histogram_perplexity(counts: np.ndarray) -> float:
+    """exp(entropy) of a histogram of code counts (1.0 for an empty one)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return 1.0
     probs = counts[counts > 0] / counts.sum()
     return float(np.exp(-(probs * np.log(probs)).sum()))

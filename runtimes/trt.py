@@ -1,46 +1,95 @@
-"""TensorRT backend: runs the engines of a `gsq-export --target trt` artifact on a CUDA GPU.
+"""TensorRT backend: runs the engines of a `gsq-export --target trt` artifact on a CUDA GPU, no torch.
 
     rt = TrtRuntime("out/model-trt")
     codes = rt.encode(images)        # float32 [B,3,H,W] in [-1, 1] -> int64 [B,h,w,G]
     images = rt.decode(codes)
 
-Device buffers are torch CUDA tensors (one stream, enqueue with execute_async_v3). Engines are tied
-to the GPU model and TensorRT version that built them: the manifest's record of both is compared
-with this machine before anything is deserialised. Token ids are int32 inside the engines and
-int64 at this interface. Shapes must lie inside the engine's optimization profile.
+Engines run through Polygraphy's TrtRunner (pip install 'gsq-deploy[trt]'): it sets the input shapes,
+keeps device buffers in polygraphy.cuda arrays on its own stream and copies outputs to the host.
+Engines are tied to the GPU model and TensorRT version that built them: the manifest's record of
+both is compared with this machine (CUDA runtime queries through Polygraphy's libcudart wrapper)
+before anything is deserialised. Token ids are int32 inside the engines and int64 at this
+interface. Shapes must lie inside the engine's optimization profile; batches are split to fit.
 
 CLI: `python -m runtimes.trt encode|decode --model DIR ...` (see runtimes.cli).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gsq_core.errors import InputError
+from gsq_core.extras import install_hint
 
 from .artifacts import ArtifactError, BackendUnavailableError
 from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
 
-INSTALL_HINT = "pip install 'gsq-deploy[trt]' on a machine with an NVIDIA GPU and its CUDA driver"
+# cudaDeviceAttr values (CUDA runtime API, stable since CUDA 5)
+_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR = 75, 76
+_DEVICE_NAME_BYTES = 256  # cudaDeviceProp starts with char name[256]
+_DEVICE_PROP_BYTES = 4096  # more than any CUDA version's cudaDeviceProp
+
+
+def trt_install_hint() -> str:
+    """How to get what engines need."""
+    return f"{install_hint('trt')} on a machine with an NVIDIA GPU and its CUDA driver"
+
+
+INSTALL_HINT = trt_install_hint()
+
+
+def _cudart() -> Any | None:
+    """The CUDA runtime library through Polygraphy's wrapper, or None where there is none."""
+    try:
+        from polygraphy import cuda
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # its "could not find libcudart" notes
+            return cuda.wrapper().handle
+    except Exception:  # noqa: BLE001 - no package, library or driver: "no GPU" either way
+        return None
+
+
+def cuda_device_count() -> int:
+    """How many CUDA devices this process sees (0 without a CUDA runtime or driver)."""
+    cudart = _cudart()
+    if cudart is None:
+        return 0
+    count = ctypes.c_int(0)
+    return count.value if cudart.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+
+
+def cuda_device_facts(device: int) -> tuple[str, str]:
+    """(name, 'major.minor' compute capability) of a CUDA device."""
+    cudart = _cudart()
+    if cudart is None:
+        raise BackendUnavailableError("no CUDA runtime library (libcudart) is loadable here")
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    for value, attribute in ((major, _COMPUTE_CAPABILITY_MAJOR), (minor, _COMPUTE_CAPABILITY_MINOR)):
+        if cudart.cudaDeviceGetAttribute(ctypes.byref(value), attribute, device) != 0:
+            raise BackendUnavailableError(f"CUDA device {device}: cannot read its compute capability")
+    properties = ctypes.create_string_buffer(_DEVICE_PROP_BYTES)
+    query = getattr(cudart, "cudaGetDeviceProperties_v2", None) or cudart.cudaGetDeviceProperties
+    name = "unknown GPU"
+    if query(properties, device) == 0:
+        name = properties.raw[:_DEVICE_NAME_BYTES].split(b"\0", 1)[0].decode(errors="replace")
+    return name, f"{major.value}.{minor.value}"
 
 
 def missing_requirements() -> list[str]:
-    """What this machine lacks to run engines (empty when TensorRT, torch and a CUDA GPU are here)."""
+    """What this machine lacks to run engines (empty when TensorRT, Polygraphy and a CUDA GPU are here)."""
     missing = []
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tensorrt") is None:
         missing.append("the tensorrt Python package is not installed")
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            missing.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    except ImportError:
-        missing.append("torch is not installed (the trt runtime keeps device buffers in torch CUDA tensors)")
+    if importlib.util.find_spec("polygraphy") is None:
+        missing.append("the polygraphy Python package is not installed")
+    elif cuda_device_count() == 0:
+        missing.append("no CUDA GPU is visible (the CUDA runtime reports no device)")
     return missing
 
 
@@ -64,36 +113,29 @@ def check_engine_compatibility(
 
 
 class TrtRuntime(ArtifactRuntime):
-    """A TensorRT artifact directory; one engine and execution context per graph, loaded on first use."""
+    """A TensorRT artifact directory; one engine and Polygraphy runner per graph, loaded on first use."""
 
     backend = "trt"
 
     def __init__(self, model_dir: str | Path, device: int = 0):
         self.artifact = open_artifact(model_dir, "trt")
-        manifest = self.artifact.manifest
         missing = missing_requirements()
         if missing:
             raise BackendUnavailableError(
-                f"the trt runtime needs TensorRT and a CUDA GPU: {'; '.join(missing)}. Install: {INSTALL_HINT}"
+                f"the trt runtime needs TensorRT and a CUDA GPU: {'; '.join(missing)}. Install: {trt_install_hint()}"
             )
         import tensorrt
-        import torch
 
-        if not 0 <= device < torch.cuda.device_count():
-            raise InputError(f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)")
-        major, minor = torch.cuda.get_device_capability(device)
-        check_engine_compatibility(
-            manifest.get("tensorrt", {}),
-            torch.cuda.get_device_name(device),
-            f"{major}.{minor}",
-            tensorrt.__version__,
-            str(model_dir),
-        )
-        self._trt = tensorrt
-        self._torch = torch
+        count = cuda_device_count()
+        if not 0 <= device < count:
+            raise InputError(f"CUDA device {device} does not exist ({count} visible)")
         self.device = device
-        self._runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
-        self._engines: dict[str, tuple[Any, Any]] = {}
+        self._select_device()
+        name, capability = cuda_device_facts(device)
+        check_engine_compatibility(
+            self.artifact.manifest.get("tensorrt", {}), name, capability, tensorrt.__version__, str(model_dir)
+        )
+        self._runners: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
     @property
@@ -106,17 +148,32 @@ class TrtRuntime(ArtifactRuntime):
         }
 
     def close(self) -> None:
-        self._engines.clear()
+        for runner in self._runners.values():
+            runner.deactivate()
+        self._runners.clear()
 
     # -- engines -----------------------------------------------------------------------------------
-    def _engine(self, name: str) -> tuple[Any, Any]:
-        if name not in self._engines:
+    def _select_device(self) -> None:
+        cudart = _cudart()
+        if cudart is None or cudart.cudaSetDevice(self.device) != 0:
+            raise BackendUnavailableError(f"cannot select CUDA device {self.device}")
+
+    def _runner(self, name: str) -> Any:
+        """Polygraphy's TrtRunner over one graph's engine, activated once and reused."""
+        if name not in self._runners:
+            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+            from polygraphy.exception import PolygraphyException
+            from polygraphy.logger import G_LOGGER
+
             path = self.artifact.graph_path(name)
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise ArtifactError(f"{path}: TensorRT cannot deserialize this engine (see the TensorRT log)")
-            self._engines[name] = (engine, engine.create_execution_context())
-        return self._engines[name]
+            try:
+                with G_LOGGER.verbosity(G_LOGGER.ERROR):
+                    runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=name)
+                    runner.activate()
+            except PolygraphyException as error:
+                raise ArtifactError(f"{path}: TensorRT cannot load this engine: {_first_line(error)}") from None
+            self._runners[name] = runner
+        return self._runners[name]
 
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Run a graph in chunks the engine's profile accepts: at most its max batch, short chunks
@@ -131,23 +188,19 @@ class TrtRuntime(ArtifactRuntime):
         return run_in_chunks(run, value, high[0], min_batch=low[0])
 
     def _run_chunk(self, name: str, entry: dict[str, Any], value: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        _, context = self._engine(name)
-        input_name, output = entry["inputs"][0]["name"], entry["outputs"][0]
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+
         if value.dtype == np.int64:  # token ids are int32 inside the engine (< 2**31 codes)
             value = value.astype(np.int32)
-        with torch.cuda.device(self.device):
-            device_input = torch.from_numpy(np.ascontiguousarray(value)).pin_memory().cuda(non_blocking=True)
-            if not context.set_input_shape(input_name, tuple(device_input.shape)):
-                raise InputError(f"input shape {list(value.shape)} is not accepted by the {name} engine")
-            dtype = torch.int32 if output["dtype"] == "int32" else torch.float32
-            device_output = torch.empty(tuple(context.get_tensor_shape(output["name"])), dtype=dtype, device="cuda")
-            context.set_tensor_address(input_name, device_input.data_ptr())
-            context.set_tensor_address(output["name"], device_output.data_ptr())
-            stream = torch.cuda.current_stream()
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise ArtifactError(f"{self.artifact.graph_path(name)}: TensorRT execution failed")
-            result = device_output.cpu().numpy()  # synchronises the stream
+        runner = self._runner(name)
+        self._select_device()
+        try:
+            with G_LOGGER.verbosity(G_LOGGER.ERROR):
+                outputs = runner.infer({entry["inputs"][0]["name"]: np.ascontiguousarray(value)})
+        except PolygraphyException as error:
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: TensorRT execution failed: {_first_line(error)}") from None
+        result = np.array(outputs[entry["outputs"][0]["name"]])  # a copy: the runner reuses its host buffers
         return result.astype(np.int64) if result.dtype == np.int32 else result
 
     @staticmethod
@@ -159,6 +212,11 @@ class TrtRuntime(ArtifactRuntime):
                 f"input shape {list(shape)} is outside the {name} engine's profile {low} .. {high} "
                 "(batches are split to fit); re-export with wider --min-shape/--max-shape"
             )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def main() -> None:

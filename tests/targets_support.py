@@ -50,12 +50,11 @@ def fp32_onnx(name: str) -> Path:
 @lru_cache(maxsize=None)
 def reduced_onnx(name: str, precision: str) -> Path:
     """fp16 / int8 ONNX artifact of a model, validated against eager on the model's fixture images."""
-    from exporters.onnx_precision import convert_onnx_artifact
+    from exporters.build import ExportOptions, convert
 
     out = _ROOT / f"{name}-onnx-{precision}"
-    convert_onnx_artifact(
-        eager(name), fp32_onnx(name), out, precision, calib_images=FLEXGEN / f"{name}_images", progress=False
-    )
+    options = ExportOptions(precision=precision, calib_images=FLEXGEN / f"{name}_images", progress=False)
+    convert(eager(name), fp32_onnx(name), out, "onnx", options)
     return out
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_ve
 from PIL import Image
 
 from exporters import GRAPH_NAMES, ExportError, ExportValidationError
+from exporters.graphs import ShapePlan, graph_specs
 from exporters.onnx import export_onnx
 from exporters.validation import TOLERANCES, Tolerances, validate_graphs
 from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer, load_tokenizer
@@ -325,12 +327,13 @@ def test_validation_uses_calibration_images(small_gsq, tmp_path):
 def test_validation_flags_a_token_that_is_not_optimal(small_gsq):
     images = expected_vectors("gsq_f8_magvit")["input_64x64"][:1]
 
-    def flipped(name, feed):
-        codes = small_gsq.quantizer.codes(torch.from_numpy(feed["latent"])).numpy().copy()
+    def flipped(name, latent):
+        codes = small_gsq.quantizer.codes(torch.from_numpy(latent)).numpy().copy()
         codes[0, 0, 0, 0] = (codes[0, 0, 0, 0] + 1) % small_gsq.num_embed  # a different, worse code
         return codes
 
-    report = validate_graphs(small_gsq, ["quantizer"], flipped, [images])
+    specs = [graph_specs(small_gsq, ShapePlan.dynamic())["quantizer"]]
+    report = validate_graphs(small_gsq, specs, SimpleNamespace(run_graph=flipped), [images])
     assert not report["passed"] and "not an optimal choice" in report["failures"][0]
     assert report["graphs"]["quantizer"]["token_agreement"] < 1.0
 
@@ -338,12 +341,13 @@ def test_validation_flags_a_token_that_is_not_optimal(small_gsq):
 def test_validation_reports_graphs_that_cannot_run_at_a_size(small_gsq):
     batches = [expected_vectors("gsq_f8_magvit")[f"input_{size}"][:1] for size in ("64x64", "96x128")]
 
-    def baked_64x64(name, feed):  # what a graph with a baked-in shape does at another size
-        if feed["images"].shape[-1] != 64:
+    def baked_64x64(name, images):  # what a graph with a baked-in shape does at another size
+        if images.shape[-1] != 64:
             raise RuntimeError("Non-zero status code returned while running Reshape node\nmore detail")
-        return small_gsq.encode_latent(torch.from_numpy(feed["images"])).detach().numpy()
+        return small_gsq.encode_latent(torch.from_numpy(images)).detach().numpy()
 
-    report = validate_graphs(small_gsq, ["encoder"], baked_64x64, batches)
+    specs = [graph_specs(small_gsq, ShapePlan.dynamic())["encoder"]]
+    report = validate_graphs(small_gsq, specs, SimpleNamespace(run_graph=baked_64x64), batches)
     assert not report["passed"]
     assert report["failures"] == [
         "encoder: failed to run on input [1, 3, 96, 128]: Non-zero status code returned while running Reshape node"
@@ -482,3 +486,29 @@ def test_blocked_codebook_lookup_equals_eager(quantize_type, groups, dim, tmp_pa
         first_positive, first_negative = int(np.argmax(weight > 0)), int(np.argmax(weight < 0))
         signs = flat.reshape(-1).numpy() > 0
         np.testing.assert_array_equal(codes.reshape(-1), np.where(signs, first_positive, first_negative))
+
+
+# -- one runner per backend: validation opens the staged artifact with the users' runtime -----------
+def test_export_validates_through_the_runtime_users_load(small_gsq, tmp_path, monkeypatch):
+    manifest = export_onnx(small_gsq, tmp_path / "ok", graphs=("encoder",), progress=False)
+    assert manifest["validation"]["runtime"] == {
+        "backend": "onnx",
+        "device": "cpu",
+        "providers": ["CPUExecutionProvider"],
+    }
+    original = OnnxRuntime.run_graph
+
+    def off_by_a_thousandth(self, name, value):  # a fault in the runtime users run, not in the exporter
+        return original(self, name, value) * np.float32(1 + 1e-3)
+
+    monkeypatch.setattr(OnnxRuntime, "run_graph", off_by_a_thousandth)
+    with pytest.raises(ExportValidationError, match="encoder: latent error .* of the latent's magnitude"):
+        export_onnx(small_gsq, tmp_path / "bad", graphs=("encoder",), progress=False)
+
+
+def test_no_exporter_runs_graphs_with_its_own_session_code():
+    import re
+
+    for path in sorted((REPO / "exporters").glob("*.py")):
+        found = re.findall(r"InferenceSession|compile_model|execute_async", path.read_text())
+        assert not found, f"{path.name} runs graphs itself ({found[0]}); validate through runtimes.load_runtime"

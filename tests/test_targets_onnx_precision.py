@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -14,7 +15,9 @@ from onnx import numpy_helper
 from targets_support import FP16, assert_one_line_error, eager, fp32_onnx, needs_fp16, reduced_onnx, run_module
 
 from exporters import ExportError
-from exporters.onnx_precision import convert_onnx_artifact, lookup_node_names
+from exporters.build import ExportOptions, convert
+from exporters.graphs import ShapePlan, graph_specs
+from exporters.onnx_precision import lookup_node_names
 from exporters.validation import TOLERANCES, validate_graphs
 from gsq_core.fidelity import score_gaps
 from runtimes.onnx import OnnxRuntime
@@ -126,13 +129,12 @@ def test_thresholds_warn_for_reduced_precision_and_fail_for_fp32():
     flipped = vectors["codes_64x64"].copy()
     flipped[0, 0, 0, 0] = (flipped[0, 0, 0, 0] + 1) % model.num_embed  # one token off the optimum
 
-    def run_graph(name, feed):
-        return flipped
-
-    strict = validate_graphs(model, ["tokenize"], run_graph, [images], "fp32")
+    runtime = SimpleNamespace(run_graph=lambda name, value: flipped)
+    specs = [graph_specs(model, ShapePlan.dynamic())["tokenize"]]
+    strict = validate_graphs(model, specs, runtime, [images], "fp32")
     assert not strict["passed"] and "not an optimal choice" in strict["failures"][0]
     lenient = replace(TOLERANCES["fp16"], min_token_agreement=1.0)
-    report = validate_graphs(model, ["tokenize"], run_graph, [images], "fp16", tolerances=lenient)
+    report = validate_graphs(model, specs, runtime, [images], "fp16", tolerances=lenient)
     assert report["passed"] and not report["failures"]
     assert len(report["warnings"]) == 1 and "token agreement" in report["warnings"][0]
     result = report["graphs"]["tokenize"]
@@ -140,9 +142,25 @@ def test_thresholds_warn_for_reduced_precision_and_fail_for_fp32():
     assert result["largest_disagreement_margins"][0] > 1e-5
 
 
+def test_the_lookup_graph_is_held_to_fp32_in_every_precision():
+    model = eager(MODEL)
+    vectors = expected_vectors(MODEL)
+    flipped = vectors["codes_64x64"].copy()
+    flipped[0, 0, 0, 0] = (flipped[0, 0, 0, 0] + 1) % model.num_embed  # one token off the optimum
+    runtime = SimpleNamespace(run_graph=lambda name, value: flipped)
+    specs = graph_specs(model, ShapePlan.dynamic())
+    report = validate_graphs(model, [specs["quantizer"], specs["tokenize"]], runtime, [vectors["input_64x64"]], "fp16")
+    assert not report["passed"]  # the quantizer graph is the fp32 lookup alone: a non-optimal code fails it
+    assert len(report["failures"]) == 1 and report["failures"][0].startswith("quantizer: a token is not an optimal")
+    assert report["graphs"]["tokenize"]["passed"]  # the same codes from the fp16 tokenize graph: rounding
+    assert report["graphs"]["quantizer"]["tolerances"]["warn_only"] is False
+    assert report["graphs"]["tokenize"]["tolerances"]["warn_only"] is True
+
+
 def test_convert_refuses_a_non_fp32_source(tmp_path):
-    with pytest.raises(ExportError, match="needs an fp32 ONNX artifact"):
-        convert_onnx_artifact(eager(MODEL), reduced_onnx(MODEL, "int8"), tmp_path / "x", "int8", progress=False)
+    with pytest.raises(ExportError, match="converts a onnx fp32 artifact, found onnx int8"):
+        convert(eager(MODEL), reduced_onnx(MODEL, "int8"), tmp_path / "x", "onnx", ExportOptions(precision="int8"))
+    assert not (tmp_path / "x").exists()
 
 
 @needs_fp16

@@ -16,7 +16,7 @@ import pytest
 from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
 from targets_support import assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
 
-from exporters.openvino import convert_to_openvino
+from exporters.build import ExportOptions, convert
 from gsq_core.fidelity import score_gaps
 from runtimes import load_runtime
 from runtimes.artifacts import ArtifactError
@@ -33,9 +33,10 @@ def openvino_dir(name: str, precision: str, root: Path) -> Path:
     """IR converted once per model and precision; fp32 unvalidated (the test checks it), others validated."""
     source = fp32_onnx(name) if precision == "fp32" else reduced_onnx(name, precision)
     out = root / f"{name}-ov-{precision}"
-    convert_to_openvino(
-        eager(name), source, out, validate=precision != "fp32", calib_images=FLEXGEN / f"{name}_images", progress=False
+    options = ExportOptions(
+        precision=precision, validate=precision != "fp32", calib_images=FLEXGEN / f"{name}_images", progress=False
     )
+    convert(eager(name), source, out, "openvino", options)
     return out
 
 

@@ -4,8 +4,12 @@ are built and run on the conformance vectors (those tests skip here with the rea
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -13,7 +17,7 @@ import onnxruntime
 import pytest
 from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
 from onnx import TensorProto, helper
-from targets_support import FP16, FP32_GRAPHS, assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
+from targets_support import FP16, FP32_GRAPHS, REPO, assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
 
 from exporters import ExportError
 from exporters.tensorrt import ProfileShapes, input_shapes
@@ -157,21 +161,16 @@ def test_trt_runtime_and_gpu_providers_refuse_in_one_line(tmp_path):
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engines_pick_optimal_codes_on_the_conformance_vectors(precision, tmp_path):
-    from exporters.tensorrt import build_engines
+    from exporters.build import ExportOptions, convert
+    from exporters.tensorrt import TensorRTOptions
 
     name = CONFORMANCE_MODELS[0]
     out = tmp_path / f"trt-{precision}"
-    manifest = build_engines(
-        eager(name),
-        fp32_onnx(name),
-        out,
-        precision=precision,
-        min_shape="1x64x64",
-        opt_shape="3x64x64",
-        max_shape="4x128x128",
-        calib_images=FLEXGEN / f"{name}_images",
-        progress=False,
+    profile = TensorRTOptions(min_shape="1x64x64", opt_shape="3x64x64", max_shape="4x128x128")
+    options = ExportOptions(
+        precision=precision, calib_images=FLEXGEN / f"{name}_images", progress=False, target_options=(profile,)
     )
+    manifest = convert(eager(name), fp32_onnx(name), out, "trt", options)
     assert (
         manifest["tensorrt"]["gpu"] and manifest["tensorrt"]["compute_capability"] and manifest["validation"]["passed"]
     )
@@ -218,3 +217,119 @@ def test_trt_runtime_splits_batches_to_fit_the_profile():
     assert chunks == [4, 2] and out.tolist() == [0, 1, 2, 3, 4]  # last chunk of 1 padded to the min batch 2
     with pytest.raises(InputError, match="outside the tokenize engine's profile"):
         runtime.run_graph("tokenize", np.zeros((1, 3, 256, 64), np.float32))
+
+
+# -- Polygraphy's loaders, without TensorRT: the wiring and the fp32 pinning, with stand-ins -------
+needs_polygraphy = pytest.mark.skipif(
+    importlib.util.find_spec("polygraphy") is None, reason="polygraphy is not installed (pip install 'gsq-deploy[dev]')"
+)
+FAKE_TRT = SimpleNamespace(
+    float32="fp32",
+    float16="fp16",
+    bfloat16="bf16",
+    int32="int32",
+    LayerType=SimpleNamespace(CONSTANT="constant", CONVOLUTION="conv", MATRIX_MULTIPLY="matmul", TOPK="topk"),
+    MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"),
+)
+
+
+class FakeTensor:
+    def __init__(self, name: str, dtype: str):
+        self.name, self.dtype = name, dtype
+
+
+class FakeLayer:
+    """The slice of trt.ILayer that LookupPins reads and writes."""
+
+    def __init__(self, name, kind, inputs, outputs):
+        self.name, self.type, self.inputs, self.outputs = name, kind, inputs, outputs
+        self.precision, self.output_types = None, {}
+        self.num_inputs, self.num_outputs = len(inputs), len(outputs)
+
+    def get_input(self, index):
+        return self.inputs[index]
+
+    def get_output(self, index):
+        return self.outputs[index]
+
+    def set_output_type(self, index, dtype):
+        self.output_types[index] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers, self.num_layers = layers, len(layers)
+
+    def get_layer(self, index):
+        return self.layers[index]
+
+
+def lookup_network() -> FakeNetwork:
+    """An encoder conv, the lookup (MatMul on a constant codebook, TopK) and an int shape constant."""
+    latent = FakeTensor("/encoder/conv/Conv_output_0", "fp16")
+    codebook = FakeTensor("codebook_normalized_t", "fp16")
+    shape = FakeTensor("shape_constant", "int32")
+    scores = FakeTensor("/quantizer/lookup/MatMul_output_0", "fp16")
+    return FakeNetwork(
+        [
+            FakeLayer("/encoder/conv/Conv", "conv", [FakeTensor("images", "fp32")], [latent]),
+            FakeLayer("codebook constant", "constant", [], [codebook]),
+            FakeLayer("shape constant", "constant", [], [shape]),
+            FakeLayer("/quantizer/lookup/MatMul", "matmul", [latent, codebook, shape], [scores]),
+            FakeLayer("/quantizer/lookup/ArgMax", "topk", [scores], [FakeTensor("codes", "int32")]),
+        ]
+    )
+
+
+@needs_polygraphy
+def test_lookup_pins_run_as_polygraphy_network_postprocessing():
+    from polygraphy.backend.trt import PostprocessNetwork
+
+    from exporters.tensorrt import LookupPins
+
+    network = lookup_network()
+    pins = LookupPins(FAKE_TRT, ["/quantizer/lookup/MatMul", "/quantizer/lookup/ArgMax"])
+    builder_and_network = PostprocessNetwork((None, network), func=pins, name="pin the lookup to fp32")()
+    assert builder_and_network[1] is network
+    conv, codebook, shape, matmul, argmax = network.layers
+    assert pins.count == 3  # MatMul, ArgMax and the codebook constant they read
+    assert matmul.precision == argmax.precision == codebook.precision == "fp32"
+    assert matmul.output_types == {0: "fp32"} and codebook.output_types == {0: "fp32"}
+    assert argmax.output_types == {}  # int32 ids keep their type
+    assert conv.precision is None and shape.precision is None  # the encoder may round; ints stay ints
+    with pytest.raises(ExportError, match="no TensorRT layer matched"):
+        LookupPins(FAKE_TRT, ["/renamed/scope/MatMul"])(network=lookup_network())
+
+
+@needs_polygraphy
+def test_engine_loader_wires_profile_precision_workspace_and_timing_cache(tmp_path):
+    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessNetwork
+
+    from exporters.tensorrt import EnginePlan, TensorRTOptions, engine_loader
+
+    cache = tmp_path / "timing.cache"
+    shapes = {"min": [1, 3, 16, 16], "opt": [2, 3, 64, 64], "max": [4, 3, 128, 128]}
+    options = TensorRTOptions(workspace_mb=512, timing_cache=cache)
+    loader, pins = engine_loader(FAKE_TRT, tmp_path / "tokenize.onnx", EnginePlan("images", shapes, "fp16", ["/q/"], options))
+    assert isinstance(loader, EngineBytesFromNetwork) and loader.timing_cache_path == str(cache)
+    config = loader._config
+    assert config.fp16 and not config.bf16 and not config.int8 and config.precision_constraints == "obey"
+    profile = config.profiles[0]["images"]
+    assert (list(profile.min), list(profile.opt), list(profile.max)) == (shapes["min"], shapes["opt"], shapes["max"])
+    assert config.memory_pool_limits == {"workspace": 512 << 20}
+    assert config.timing_cache_path is None  # no cache file yet: start empty, the build writes it
+    assert isinstance(loader._network, PostprocessNetwork) and loader._network._func is pins
+    assert isinstance(loader._network._network, NetworkFromOnnxPath)
+    assert loader._network._network.path == str(tmp_path / "tokenize.onnx")
+    cache.write_bytes(b"cache")
+    loader, pins = engine_loader(FAKE_TRT, tmp_path / "t.onnx", EnginePlan("images", shapes, "fp32", ["/q/"], options))
+    assert loader._config.timing_cache_path == str(cache) and loader._config.precision_constraints is None
+    assert not loader._config.fp16 and pins.prefixes == ()  # fp32: nothing to pin
+    loader, _ = engine_loader(FAKE_TRT, tmp_path / "t.onnx", EnginePlan("images", shapes, "int8", ["/q/"], options))
+    assert loader._config.int8 and loader._config.precision_constraints == "obey"
+
+
+def test_trt_runtime_needs_no_torch():
+    code = "import sys, runtimes.trt as t; t.missing_requirements(); assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -101,7 +101,7 @@ def test_parse_pbtxt_reads_the_text_format():
 
 
 def test_refuses_the_wrong_source_and_bad_options(tmp_path):
-    with pytest.raises(ExportError, match="serves trt artifacts"):
+    with pytest.raises(ExportError, match="converts a trt fp32 artifact, found onnx fp32"):
         make_repository(fp32_onnx(MODEL), tmp_path / "a", triton_backend="tensorrt", progress=False)
     with pytest.raises(ExportError, match="model name prefix"):
         make_repository(fp32_onnx(MODEL), tmp_path / "b", model_prefix="bad name", progress=False)

@@ -20,7 +20,6 @@ if __package__ in (None, ""):  # run as a script: import the `train` package fro
 
 import argparse
 import contextlib
-import importlib.util
 import math
 import shutil
 import time
@@ -29,12 +28,11 @@ from dataclasses import dataclass
 
 from gsq_core.extras import missing_package_message
 
-_MISSING = [name for name in ("torch", "yaml", "accelerate") if importlib.util.find_spec(name) is None]
-if _MISSING:  # one line naming the extra, not a ModuleNotFoundError from the import below
-    sys.exit(f"error: {missing_package_message(_MISSING[0], 'train', 'train/main.py')}")
-
-import torch
-import yaml
+try:
+    import torch
+    import yaml
+except ImportError as _missing:  # one line naming the extra, not a ModuleNotFoundError traceback
+    sys.exit(f"error: {missing_package_message(_missing.name or 'torch', 'train', 'train/main.py')}")
 
 from gsq_core.checkpoint import config_summary
 from gsq_core.errors import GSQError
@@ -83,6 +81,9 @@ def has_accelerator_device() -> bool:
 
 def make_accelerator(config: TrainConfig):
     """Accelerator on the configured device; multi-process runs without a GPU use gloo on CPU."""
+    from gsq_core.extras import require
+
+    require("accelerate", "train", "train/main.py")  # one error line, not a traceback, without it
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 

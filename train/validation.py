@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gsq_core.comparator import ssim
 from gsq_core.fidelity import codebook_perplexity, codebook_usage, psnr
-from gsq_core.images import float_to_uint8, write_image
+from gsq_core.images import write_image
 from gsq_core.model import GSQTokenizer
 
 from .data import centre_crop, decode_rgb
@@ -27,13 +28,6 @@ def load_validation_images(paths: list[Path], size: int) -> tuple[torch.Tensor, 
     if not crops:
         return torch.empty(0, 3, size, size), []
     return torch.stack(crops), names
-
-
-def ssim(reference: np.ndarray, test: np.ndarray) -> float:
-    """Structural similarity of two float [3, H, W] images in [-1, 1], on their 8-bit versions."""
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(float_to_uint8(reference), float_to_uint8(test), channel_axis=2, data_range=255))
 
 
 @torch.no_grad()

@@ -1,0 +1,134 @@
+"""The one comparator (gsq_core.comparator): each measure on inputs whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import skimage.data
+from skimage.metrics import structural_similarity
+
+from gsq_core.comparator import Comparator, Mismatch, ssim
+from gsq_core.fidelity import LookupSpec, psnr, score_gaps
+from gsq_core.images import float_to_uint8, uint8_to_float
+
+
+def photo(size: int = 48) -> np.ndarray:
+    return uint8_to_float(np.ascontiguousarray(skimage.data.astronaut()[100 : 100 + size, 180 : 180 + size]))
+
+
+def lookup_problem(seed: int = 0) -> tuple[LookupSpec, np.ndarray, np.ndarray]:
+    """A small l2 GSQ lookup (V=32, G=2, d=3), a latent [2, 6, 3, 4] and its best codes [2, 3, 4, 2]."""
+    rng = np.random.default_rng(seed)
+    spec = LookupSpec(codebook=rng.normal(size=(32, 3)), num_group=2, normalization="l2", uses_distance=True)
+    latent = rng.normal(size=(2, 6, 3, 4))
+    vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 3)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    codebook = spec.codebook / np.linalg.norm(spec.codebook, axis=1, keepdims=True)
+    best = (vectors @ codebook.T).argmax(axis=1).reshape(2, 3, 4, 2)
+    return spec, latent, best
+
+
+def test_ssim_is_scikit_images_on_the_8_bit_images():
+    image = photo()
+    noisy = np.clip(image + np.random.default_rng(0).normal(scale=0.1, size=image.shape), -1, 1)
+    assert ssim(image, image) == pytest.approx(1.0)
+    expected = structural_similarity(float_to_uint8(image), float_to_uint8(noisy), channel_axis=2, data_range=255)
+    assert ssim(image, noisy) == pytest.approx(expected) and 0.2 < expected < 0.95
+    assert ssim(image[:, :5, :5], noisy[:, :5, :5]) < 1.0  # a window that fits a 5x5 image
+    with pytest.raises(Mismatch):
+        ssim(image, noisy[:, :40])
+
+
+def test_token_agreement_and_margins_of_disagreements():
+    spec, latent, best = lookup_problem()
+    gaps = score_gaps(latent, np.zeros_like(best), spec)  # every token replaced by code 0
+    codes = best.copy()
+    flat = codes.reshape(-1)
+    flipped = np.arange(0, flat.size, 5)  # every fifth token: code 0 instead of the best one
+    flat[flipped] = 0
+    differing = flat != best.reshape(-1)
+    comparator = Comparator(spec)
+    comparator.add_codes(codes, best, latent)
+    report = comparator.report()
+    assert report["tokens"] == best.size
+    assert report["token_agreement"] == pytest.approx(1 - differing.sum() / best.size)
+    assert report["disagreements"] == differing.sum()
+    assert report["max_disagreement_margin"] == pytest.approx(gaps[differing].max())
+    assert report["max_score_gap"] == pytest.approx(gaps[differing].max())
+    assert report["largest_disagreement_margins"] == pytest.approx(sorted(gaps[differing], reverse=True)[:10])
+    assert report["flagged_disagreements"] == (gaps[differing] >= 1e-5).sum()
+    only_disagreements = Comparator(spec)
+    only_disagreements.add_codes(codes, best, latent, every_token=False)
+    assert only_disagreements.max_score_gap is None
+    assert sorted(only_disagreements.margins) == pytest.approx(sorted(comparator.margins))
+
+
+def test_the_best_codes_have_no_gap_and_full_agreement():
+    spec, latent, best = lookup_problem(1)
+    comparator = Comparator(spec)
+    comparator.add_codes(best, best, latent)
+    report = comparator.report()
+    assert report["token_agreement"] == 1.0 and report["disagreements"] == 0
+    assert report["max_score_gap"] <= 1e-12
+
+
+def test_codes_that_cannot_be_compared_are_refused():
+    spec, latent, best = lookup_problem()
+    with pytest.raises(Mismatch, match="differ"):
+        Comparator(spec).add_codes(best[:1], best, latent)
+    with pytest.raises(Mismatch, match="outside"):
+        Comparator(spec).add_codes(np.full_like(best, 32), best, latent)
+
+
+def test_usage_and_perplexity_count_the_codes_seen():
+    spec, latent, best = lookup_problem()
+    codes = np.zeros_like(best)
+    codes.reshape(-1)[: codes.size // 2] = 1  # half code 0, half code 1
+    comparator = Comparator(spec)
+    comparator.add_codes(codes, best, latent, every_token=False)
+    report = comparator.report()
+    assert report["codebook_usage"] == pytest.approx(2 / 32)
+    assert report["codebook_perplexity"] == pytest.approx(2.0)
+
+
+def test_latent_error_is_relative_to_the_reference_and_nan_is_infinite():
+    spec, _, _ = lookup_problem()
+    reference = np.linspace(-2, 2, 24).reshape(1, 6, 2, 2)
+    comparator = Comparator(spec)
+    comparator.add_latent(reference * (1 + 1e-3), reference)
+    assert comparator.latent_max_abs_error == pytest.approx(2e-3)
+    assert comparator.latent_relative_error == pytest.approx(1e-3)
+    broken = reference.copy()
+    broken[0, 0, 0, 0] = np.nan
+    comparator.add_latent(broken, reference)
+    assert math.isinf(comparator.latent_relative_error)
+    assert comparator.report()["latent_relative_error"] is None  # JSON has no infinity
+
+
+def test_images_report_the_worst_image_and_identical_ones():
+    spec, _, _ = lookup_problem()
+    image = photo()[None]
+    noisy = image + 0.05 * np.random.default_rng(1).normal(size=image.shape)
+    same = Comparator(spec)
+    same.add_images(np.concatenate([image, image]), np.concatenate([image, image]))
+    assert same.report()["recon_identical"] and same.report()["recon_psnr_db"] is None
+    mixed = Comparator(spec)
+    mixed.add_images(np.concatenate([image, noisy]), np.concatenate([image, image]))
+    assert mixed.report()["recon_psnr_db"] == pytest.approx(psnr(image[0], noisy[0]))
+    assert not mixed.report()["recon_identical"]
+    broken = Comparator(spec)
+    broken.add_images(np.full_like(image, np.nan), image)
+    assert broken.report()["recon_finite"] is False
+
+
+def test_quality_against_the_input_clips_and_averages():
+    spec, _, _ = lookup_problem()
+    image = photo()[None]
+    recon = image * 1.5  # out of range: clipped before PSNR / SSIM
+    comparator = Comparator(spec)
+    comparator.add_quality(recon, image)
+    clipped = np.clip(recon[0], -1, 1)
+    assert comparator.report()["psnr_vs_input_db"] == pytest.approx(psnr(image[0], clipped))
+    assert comparator.report()["ssim_vs_input"] == pytest.approx(ssim(image[0], clipped))
