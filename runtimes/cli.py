@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from gsq_core.outputs import check_output_file, check_output_files
 
 from . import load_runtime
 from .base import TokenizerRuntime, check_codes
+from .token_file import TokenFile, read_token_file
 
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images
 
@@ -90,15 +90,16 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
     @click.option("--overwrite", is_flag=True, help="Replace existing images in the output folder.")
     @backend_options
     def decode(model: str, tokens: Path, output: Path, batch_size: int, overwrite: bool, **backend_kwargs: Any) -> None:
-        codes, names = load_tokens(tokens)
-        targets = [output / f"{name}.png" for name in names]
+        token_file = read_token_file(tokens)  # every array checked by header and content, codes not loaded
+        targets = [output / f"{name}.png" for name in token_file.names]
         check_output_files(output, targets, overwrite, inputs=[tokens])
         runtime = load_runtime(backend, model, **backend_kwargs)
         try:
-            check_tokens_for_model(tokens, codes, runtime)
+            check_tokens_for_model(token_file, runtime)
             factor = int(runtime.info["downsample_factor"])
-            batch_size = min(batch_size, runtime.work_limit(codes.shape[1] * factor, codes.shape[2] * factor, "decode"))
-            decode_to_files(runtime, codes, targets, batch_size)
+            height, width = token_file.codes_shape[1:3]
+            batch_size = min(batch_size, runtime.work_limit(height * factor, width * factor, "decode"))
+            decode_to_files(runtime, token_file, targets, batch_size)
         except InputError as error:
             raise InputError(f"{tokens}: {error}") from None
         click.echo(f"decoded {len(targets)} images to {output}")
@@ -183,53 +184,29 @@ def save_tokens(output: Path, codes: np.ndarray, paths: list[Path], info: dict[s
 
 
 # -- decode ------------------------------------------------------------------------------------------
-def load_tokens(path: Path) -> tuple[np.ndarray, list[str]]:
-    """codes and output names (input stems, else image_0000...) from a tokens .npz."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such tokens file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
-        raise InputError(f"{path}: not a readable .npz tokens file ({error})") from None
-    if "codes" not in arrays:
-        raise InputError(f"{path}: has no 'codes' array (found: {', '.join(arrays) or 'nothing'})")
-    codes = arrays["codes"]
-    if codes.ndim < 3:
-        raise InputError(f"{path}: codes have shape {list(codes.shape)}; expected [N, h, w, G] or [N, h, w]")
-    if "paths" in arrays:
-        paths = [str(p) for p in np.atleast_1d(arrays["paths"])]
-        if len(paths) != codes.shape[0]:
-            raise InputError(f"{path}: {len(paths)} paths for {codes.shape[0]} token grids")
-        names = [Path(p).stem for p in paths]
-    else:
-        names = [f"image_{index:04d}" for index in range(codes.shape[0])]
-    seen: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if name in seen:
-            raise InputError(
-                f"{path}: inputs {seen[name]} and {index} share the name {name!r}; "
-                "their images would overwrite each other"
-            )
-        seen[name] = index
-    return codes, names
-
-
-def check_tokens_for_model(path: Path, codes: np.ndarray, runtime: TokenizerRuntime) -> None:
-    """Refuse tokens made by a different model, or ids / shapes this model cannot decode."""
+def check_tokens_for_model(tokens: TokenFile, runtime: TokenizerRuntime) -> None:
+    """Refuse, before decoding any, tokens made by a different model or ids / shapes this model cannot decode."""
     info = runtime.info
-    with np.load(path, allow_pickle=False) as data:
-        for key in ("num_embed", "num_group", "downsample_factor"):
-            if key in data.files and int(data[key]) != int(info[key]):
-                raise InputError(f"tokens were made with {key}={int(data[key])}, this model has {info[key]}")
-    check_codes(codes, int(info["num_embed"]), int(info["num_group"]), str(info["token_layout"]))
+    for key in ("num_embed", "num_group", "downsample_factor", "token_layout"):
+        if key in tokens.facts and tokens.facts[key] != info[key]:
+            raise InputError(f"tokens were made with {key}={tokens.facts[key]}, this model has {info[key]}")
+    if tokens.count == 0:
+        raise InputError("holds no token grids")
+    first = np.zeros((1, *tokens.codes_shape[1:]), np.int64)  # the shape rules, on one grid of zeros
+    check_codes(first, int(info["num_embed"]), int(info["num_group"]), str(info["token_layout"]),
+                int(info.get("min_token_positions", 1)))
+    if tokens.id_range is not None:  # the range of every id, from the reading pass
+        low, high = tokens.id_range
+        num_embed = int(info["num_embed"])
+        if low < 0 or high >= num_embed:
+            raise InputError(f"token id {low if low < 0 else high} is outside [0, {num_embed}) (codebook size {num_embed})")
 
 
-def decode_to_files(runtime: TokenizerRuntime, codes: np.ndarray, targets: list[Path], batch_size: int) -> None:
+def decode_to_files(runtime: TokenizerRuntime, tokens: TokenFile, targets: list[Path], batch_size: int) -> None:
     """Decode in batches and write one PNG per token grid (clipped to [-1, 1], 8-bit), atomically."""
     with _progress(len(targets), "decode") as bar:
-        for start in range(0, len(targets), batch_size):
-            images = runtime.decode(codes[start : start + batch_size])
+        for start, codes in zip(range(0, len(targets), batch_size), tokens.batches(batch_size), strict=True):
+            images = runtime.decode(codes)
             for image, target in zip(images, targets[start : start + batch_size], strict=True):
                 write_image(target, image, overwrite=True)
             bar.update(images.shape[0])

@@ -174,7 +174,7 @@ def test_sizes_not_divisible_by_the_factor(model_dir, tmp_path):
         (np.full((1, 8, 8, 4), -1), "token id -1 is outside [0, 1024)"),
         (np.zeros((1, 8, 8, 3), np.int64), "shape [N, h, w, 4]"),
         (np.zeros((1, 8, 8), np.int64), "shape [N, h, w, 4]"),
-        (np.zeros((1, 8, 8, 4), np.float32), "must be integers"),
+        (np.zeros((1, 8, 8, 4), np.float32), "must be integer token ids"),
         (np.zeros((1, 1, 1, 4), np.int64), "1x1 token grid"),
     ],
     ids=["too-large", "negative", "wrong-groups", "no-group-axis", "float", "1x1-grid"],
