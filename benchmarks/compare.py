@@ -256,6 +256,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = model.quantizer.lookup_spec()
 
     pairs = [REFERENCE] + [(b, p) for b in args.backends for p in args.precisions if (b, p) != REFERENCE]
+    if args.artifacts is not None:  # an artifact of another checkpoint is refused before anything is measured
+        for backend, precision in pairs:
+            for candidate in (args.artifacts / f"{backend}-{precision}", args.artifacts):
+                _manifest_matches(candidate, backend, precision, args)
     skipped: list[dict[str, str]] = []
     results: list[dict[str, Any]] = []
     extra = {"flops": model_flops(model, *timing_size), "matmul_gflops": matmul_gflops(args.threads)}

@@ -283,3 +283,20 @@ def test_fortran_order_codes_decode_like_c_order(exported, tmp_path):
     np.testing.assert_array_equal(np.concatenate(list(c_file.batches(1))), codes)
     np.testing.assert_array_equal(np.concatenate(list(f_file.batches(1))), codes)
     assert c_file.id_range == f_file.id_range == (int(codes.min()), int(codes.max()))
+
+
+def test_compare_refuses_an_artifact_of_another_checkpoint(tmp_path):
+    from conftest import FLEXGEN
+    from PIL import Image
+
+    from exporters.onnx import export_onnx
+
+    other = tmp_path / "artifacts" / "onnx-fp32"
+    export_onnx(load_tokenizer(FLEXGEN / "gsq_f8_magvit.pt"), other, graphs=("tokenize", "detokenize"),
+                validate=False, progress=False, source={"checkpoint": "magvit", "sha256": "ab" * 32})
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    result = run_cli(["benchmarks/compare.py", "--ckpt", "default", "--images", str(image), "--backends", "torch,onnx",
+                      "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / "cmp"), "--no-progress"])
+    assert_one_line_error(result, "onnx-fp32", "exported from checkpoint sha256 abababababab", "re-export")
+    assert not (tmp_path / "cmp" / "report.json").exists()
