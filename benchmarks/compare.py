@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.measure import machine_info, missing_package, run_json_worker, time_calls
+from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python benchmarks/compare.py", description="Compare every backend and precision against eager PyTorch."
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint path or name (the eager reference)")
+    add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or directories")
     parser.add_argument("--backends", type=comma_list, default=["torch", "onnx"], help="e.g. torch,onnx,openvino,trt")
     parser.add_argument("--precisions", type=comma_list, default=["fp32"], help="e.g. fp32,fp16,int8")
@@ -148,6 +150,11 @@ def runtime_options(backend: str, threads: int) -> dict[str, Any]:
     module_name, class_name = BACKENDS[backend].split(":")
     parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters
     return {"threads": threads} if "threads" in parameters else {}
+
+
+def reference_loading(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The torch reference loads the checkpoint as the model here was loaded (--config, --no-ema)."""
+    return {"config": args.config, "ema": args.ema} if backend == "torch" else {}
 
 
 def directory_mb(path: Path) -> float:
@@ -242,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     args.ckpt_path = resolve_checkpoint(args.ckpt)
     args.ckpt_sha256 = file_sha256(args.ckpt_path)
-    model = load_tokenizer(args.ckpt_path).eval()
+    model = load_tokenizer(args.ckpt_path, config=args.config, ema=args.ema).eval()
     paths = expand_image_paths(args.images)
     factor = model.downsample_factor
     for header in [inspect_image(path) for path in paths]:  # every image's size, before decoding any
@@ -278,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             job = {
                 "backend": backend,
                 "model": str(target),
-                "options": runtime_options(backend, args.threads),
+                "options": runtime_options(backend, args.threads) | reference_loading(backend, args),
                 "threads": args.threads,
                 "images": [str(p) for p in paths],
                 "batch_sizes": args.batch_sizes,
@@ -308,6 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_embed": model.num_embed,
             "num_group": model.num_group,
             "group_dim": model.quantizer.group_dim,
+            "family": model.family,
             "quantize_type": config.quantizer.quantize_type,
             "lookup_normalization": config.quantizer.lookup_normalization,
             "downsample_factor": factor,

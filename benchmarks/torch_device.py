@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.measure import summarize_ms
+from gsq_core.checkpoint_options import add_checkpoint_arguments
 
 
 def comma_ints(text: str) -> list[int]:
@@ -69,6 +70,7 @@ def token_agreement(model_cpu: Any, model_device: Any, images: list[Any], device
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_device", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default="default", help="checkpoint path or name")
+    add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--images", required=True, nargs="+", help="image files or folders (one size for timing)")
     parser.add_argument("--device", default="cuda", help="torch device to measure (cuda, cuda:1, ...)")
     parser.add_argument("--batch-sizes", type=comma_ints, default=[1, 16], help="comma-separated")
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device {args.device}: this torch build sees no CUDA device", file=sys.stderr)
         return 2
     try:
-        model_cpu = load_tokenizer(args.ckpt).eval()
-        model_device = load_tokenizer(args.ckpt, device=device).eval()
+        model_cpu = load_tokenizer(args.ckpt, config=args.config, ema=args.ema).eval()
+        model_device = load_tokenizer(args.ckpt, device=device, config=args.config, ema=args.ema).eval()
         images = [torch.from_numpy(read_image(path).pixels[None]) for path in expand_image_paths(args.images)]
     except GSQError as error:
         print(f"error: {error}", file=sys.stderr)

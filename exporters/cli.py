@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from gsq_core.checkpoint_options import checkpoint_loading_options
 from gsq_core.console import run_command
 
 from . import GRAPH_NAMES, TARGETS, ExportValidationError, target_options
@@ -21,7 +22,11 @@ EXIT_VALIDATION_FAILED = 1  # an artifact was written but failed validation agai
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", "checkpoint", required=True, help="Checkpoint: upstream .pt, native .safetensors, or a name.")
+@click.option(
+    "--ckpt", "checkpoint", required=True,
+    help="Checkpoint: flex_gen .pt, IBQ Lightning .ckpt, native .safetensors, or a name.",
+)
+@checkpoint_loading_options
 @click.option("--target", default="onnx", show_default=True, help=f"Export target ({', '.join(TARGETS)}).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory to write.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
@@ -51,6 +56,8 @@ def export_command(
     validate: bool,
     calib_images: Path | None,
     overwrite: bool,
+    config: str | None,
+    ema: bool,
     **more_options: Any,
 ) -> None:
     """Export a GSQ tokenizer checkpoint (e.g. --target onnx) and validate it against eager PyTorch."""
@@ -85,8 +92,12 @@ def export_command(
 
     from .manifest import file_checksum
 
-    model = load_tokenizer(checkpoint)
+    model = load_tokenizer(checkpoint, config=config, ema=ema)
     source = {"checkpoint": str(checkpoint), "sha256": file_checksum(resolve_checkpoint(checkpoint))["sha256"]}
+    if config is not None:
+        source["config"] = str(config)
+    if not ema:
+        source["weights"] = "raw (--no-ema)"
     log.done(f"loaded {checkpoint}: {config_summary(model.config)}")
     try:
         manifest = export(model, out_dir, target, replace(options, source=source))

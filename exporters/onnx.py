@@ -126,6 +126,9 @@ def export_graph(
         # graph, and validation runs shapes other than the traced ones to prove it.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # IBQ's downsampling pads right and bottom only; the exporter writes that Pad's reversed pad
+        # list as a constant Slice with step -1, which it declines to fold (ONNX Runtime folds it).
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         with torch.no_grad():
             torch.onnx.export(
                 module.eval(),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .checkpoint_options import checkpoint_loading_options
 from .console import run_command
 
 
@@ -19,14 +20,18 @@ def main() -> None:
 
 @main.command()
 @click.argument("checkpoint")
-def info(checkpoint: str) -> None:
+@checkpoint_loading_options
+def info(checkpoint: str, config: str | None, ema: bool) -> None:
     """Print a checkpoint's configuration (path, or a named checkpoint such as 'default')."""
     from .api import load_tokenizer
     from .checkpoint import config_summary
 
-    model = load_tokenizer(checkpoint)
+    model = load_tokenizer(checkpoint, config=config, ema=ema)
     parameters = sum(p.numel() for p in model.parameters())
     click.echo(config_summary(model.config))
+    click.echo(f"family: {model.family}, tokens {model.quantizer.token_layout}, lookup score: "
+               f"{'minus squared distance' if model.quantizer.uses_distance else 'dot product'} "
+               f"({model.quantizer.lookup_normalization} normalisation)")
     click.echo(f"parameters: {parameters:,}")
     click.echo(model.config.to_json())
 
@@ -39,9 +44,11 @@ def info(checkpoint: str) -> None:
     "--max-pixels", type=click.IntRange(min=1), default=None, help="Largest image to decode (default 64 MP, $GSQ_MAX_PIXELS)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@checkpoint_loading_options
 @click.argument("images", nargs=-1, required=True)
 def roundtrip(
-    checkpoint: str, out_dir: Path, resize: str | None, max_pixels: int | None, overwrite: bool, images: tuple[str, ...]
+    checkpoint: str, out_dir: Path, resize: str | None, max_pixels: int | None, overwrite: bool, config: str | None,
+    ema: bool, images: tuple[str, ...],
 ) -> None:
     """Encode images to tokens and decode them back; print tokens shape and PSNR per image.
 
@@ -60,7 +67,7 @@ def roundtrip(
     targets = [out_dir / f"{path.stem}.png" for path in paths]
     check_output_files(out_dir, targets, overwrite, inputs=paths, made_from=paths)
     headers = [inspect_image(path, max_pixels=max_pixels) for path in paths]
-    model = load_tokenizer(checkpoint)
+    model = load_tokenizer(checkpoint, config=config, ema=ema)
     f = model.downsample_factor
     for header in headers:
         height, width = size or (header.height, header.width)

@@ -25,7 +25,8 @@ class TorchRuntime(TokenizerRuntime):
 
     backend = "torch"
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", config: str | Path | None = None, ema: bool = True):
+        """config / ema: an IBQ Lightning checkpoint's YAML and weights choice (gsq_core.load_tokenizer)."""
         try:
             torch = require_torch("the torch runtime")
         except MissingPackageError as error:
@@ -40,7 +41,7 @@ class TorchRuntime(TokenizerRuntime):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {device!r}: this torch build has no usable CUDA; use --device cpu")
         self.checkpoint = str(checkpoint)
-        self.model = load_tokenizer(checkpoint, device=self.device).eval()
+        self.model = load_tokenizer(checkpoint, device=self.device, config=config, ema=ema).eval()
         self.token_layout = self.model.quantizer.token_layout
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -94,12 +95,18 @@ def main() -> None:
     """`python -m runtimes.torch encode|decode ...`."""
     import click
 
+    from gsq_core.checkpoint_options import config_option, ema_option
+
     from .cli import run_cli
 
     run_cli(
         "torch",
-        model_help="Checkpoint: upstream .pt, native .safetensors, or a named checkpoint.",
-        options=[click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0.")],
+        model_help="Checkpoint: flex_gen .pt, IBQ Lightning .ckpt, native .safetensors, or a named checkpoint.",
+        options=[
+            click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0."),
+            config_option,
+            ema_option,
+        ],
     )
 
 

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import torch
 
+from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 from gsq_core.images import expand_image_paths
 
 from .validation import evaluate, load_validation_images
 
 
-def measure(checkpoint: str, inputs: list[str], size: int) -> dict:
+def measure(checkpoint: str, inputs: list[str], size: int, config: str | None = None, ema: bool = True) -> dict:
     """Per-image and mean metrics of a checkpoint on the centre crops of the given images."""
     from gsq_core import load_tokenizer
 
-    model = load_tokenizer(checkpoint)
+    model = load_tokenizer(checkpoint, config=config, ema=ema)
     paths = expand_image_paths(inputs)
     images, names = load_validation_images(paths, size)
     if not names:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="default", help="checkpoint path or name (default: the packaged model)")
+    add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--size", type=int, default=256, help="centre-crop side in pixels")
     parser.add_argument("--json", type=Path, help="also write the summary JSON here")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        report = measure(args.ckpt, args.images, args.size)
+        report = measure(args.ckpt, args.images, args.size, args.config, args.ema)
     except GSQError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
