@@ -16,6 +16,9 @@ class LookupCase:
     num_group: int
     group_dim: int
     batch: int
+    # "gsq": l2-normalised groups, nearest code (GSQ); "ibq": argmax of the raw dot product z . c
+    # over the unnormalised codebook (SEED-Voken's IBQ), codebook and latent ~ N(0, 1).
+    quantizer: str = "gsq"
     image_size: int = 256
     downsample: int = 16
     method: str = "eager"

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from benchmarks.lookup_case import LookupCase
 from benchmarks.lookup_worker import build_inputs, grouped_vectors
 from benchmarks.measure import run_json_worker
 from gsq_core.comparator import Comparator
 from gsq_core.fidelity import LookupSpec
-from gsq_core.lookup import _sorted_codebook, nearest_codes
+from gsq_core.lookup import _sorted_codebook, nearest_codes, normalize_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def run_worker(case: LookupCase) -> dict[str, Any]:
     """Run one case in a fresh process; its JSON line is the result."""
     return run_json_worker("benchmarks.lookup_worker", json.dumps(asdict(case)), REPO_ROOT)
+
+
+# Above this group dimension the float64 reference is a float64 matmul (error ~1e-13, far below fp32's
+# resolution) instead of gsq_core's fixed-order float64 sums, which take one pass per component.
+MATMUL_REFERENCE_MIN_DIM = 16
+
+
+def float64_matmul_reference(vectors: torch.Tensor, tables: Any, block_rows: int = 256) -> np.ndarray:
+    """argmax of normalize(x) . w (+ bias) in float64 matmuls, lowest index among the best."""
+    x = normalize_vectors(vectors.float(), tables.normalization).double()
+    weight_t = tables.weight.double().T.contiguous()
+    bias = None if tables.bias is None else tables.bias.double()
+    result = np.empty(x.shape[0], dtype=np.int64)
+    for start in range(0, x.shape[0], block_rows):
+        scores = x[start : start + block_rows] @ weight_t
+        if bias is not None:
+            scores += bias
+        result[start : start + block_rows] = scores.argmax(dim=1).numpy()  # first maximum on ties
+    return result
 
 
 def exact_reference(case: LookupCase, check_rows: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, LookupSpec]]:
@@ -34,6 +54,8 @@ def exact_reference(case: LookupCase, check_rows: int) -> tuple[np.ndarray, np.n
         vectors = vectors[:check_rows]
     rows = np.arange(vectors.shape[0])
     spec = replace(quantizer.lookup_spec(), num_group=1)  # the vectors are [N, d]: one group each
+    if case.group_dim >= MATMUL_REFERENCE_MIN_DIM:
+        return rows, float64_matmul_reference(vectors, tables), (vectors.numpy(), spec)
     return rows, nearest_codes(vectors, tables, method="exact").numpy(), (vectors.numpy(), spec)
 
 
@@ -67,6 +89,7 @@ def measure_case(case: LookupCase, methods: list[str], check_rows: int, workdir:
     records = []
     for method, result in results.items():
         record = {
+            "quantizer": case.quantizer,
             "num_embed": case.num_embed,
             "num_group": case.num_group,
             "group_dim": case.group_dim,

@@ -8,7 +8,9 @@ Methods:
            d <= 2 under l2, blocked fp32 matmul otherwise)
   blocked  the blocked fp32 matmul forced for every d (gsq_core.lookup, method="blocked")
   full     the upstream-style lookup: |x|^2 + |c|^2 - 2 x c^T as one N x V fp32 matrix, then argmin
-  onnx     the exported quantizer graph (exporters.onnx) run by runtimes.onnx on CPU
+           (IBQ: the full N x V logits x c^T, then argmax, as SEED-Voken computes them)
+  onnx     the exported quantizer graph (exporters.onnx) run by runtimes.onnx on CPU (its batch
+           chunking keeps the graph's [vectors, code block] score matrix near 256 MiB)
 """
 
 from __future__ import annotations
@@ -43,14 +45,17 @@ from gsq_core.quantizers import CodebookQuantizer, build_quantizer
 
 
 def build_inputs(case: LookupCase) -> tuple[CodebookQuantizer, torch.Tensor]:
-    """A GSQ quantizer (spherical random codebook) and a random latent [B, G*d, h, w], from the seed."""
+    """A quantizer (GSQ: spherical random codebook; IBQ: N(0, 1) codebook, no normalisation) and a
+    random latent [B, G*d, h, w], from the seed."""
+    if case.quantizer not in ("gsq", "ibq"):
+        raise ValueError(f"unknown quantizer {case.quantizer!r}; use gsq or ibq")
     torch.manual_seed(case.seed)
     config = QuantizerConfig(
-        quantize_type="gsq",
+        quantize_type=case.quantizer,
         num_embed=case.num_embed,
         embed_dim=case.num_group * case.group_dim,
         num_group=case.num_group,
-        use_l2_norm=True,
+        use_l2_norm=case.quantizer == "gsq",
     )
     quantizer = build_quantizer(config).eval()
     generator = torch.Generator().manual_seed(case.seed + 1)
@@ -62,6 +67,16 @@ def grouped_vectors(latent: torch.Tensor, num_group: int) -> torch.Tensor:
     """[B, G*d, h, w] -> [B*h*w*G, d] in token order (channel c = g * d + k)."""
     batch, channels, height, width = latent.shape
     return latent.permute(0, 2, 3, 1).reshape(batch * height * width * num_group, channels // num_group)
+
+
+def full_logits_lookup(latent: torch.Tensor, codebook: torch.Tensor, num_group: int) -> torch.Tensor:
+    """IBQ as SEED-Voken computes it: the full N x V logits z . c (no normalisation), then argmax.
+
+    Upstream also takes a softmax over the logits before the max (a second N x V matrix, the same
+    argmax); this baseline keeps only the logits.
+    """
+    logits = grouped_vectors(latent, num_group) @ codebook.T
+    return logits.argmax(dim=1).reshape(latent.shape[0], latent.shape[2], latent.shape[3], num_group)
 
 
 def full_matrix_lookup(latent: torch.Tensor, codebook: torch.Tensor, num_group: int) -> torch.Tensor:
@@ -103,6 +118,7 @@ def onnx_lookup(case: LookupCase, quantizer: CodebookQuantizer, workdir: Path) -
     artifact = workdir / "quantizer-artifact"
     export_onnx(tiny_tokenizer_with(quantizer), artifact, graphs=("quantizer",), validate=False, progress=False)
     runtime = load_runtime("onnx", artifact, threads=case.threads)
+    runtime.session("quantizer")  # created before memory is measured: the codebook constants are not lookup work
     return lambda latent: runtime.run_graph("quantizer", latent)
 
 
@@ -154,7 +170,8 @@ def run_case(case: LookupCase) -> dict[str, Any]:
             call = lambda: nearest_codes(vectors, tables, method="blocked")
         elif case.method == "full":
             codebook = quantizer.codebook.weight.detach()
-            call = lambda: full_matrix_lookup(latent, codebook, case.num_group)
+            full = full_logits_lookup if case.quantizer == "ibq" else full_matrix_lookup
+            call = lambda: full(latent, codebook, case.num_group)
         elif case.method == "onnx":
             run_graph, latent_np = onnx_lookup(case, quantizer, Path(workdir)), latent.numpy()
             call = lambda: run_graph(latent_np)

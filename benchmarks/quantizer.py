@@ -2,6 +2,7 @@
 
     python benchmarks/quantizer.py                       # the default sweep
     python benchmarks/quantizer.py --target              # only the issue's target case
+    python benchmarks/quantizer.py --ibq-target          # IBQ's largest lookup: V = 262,144, D = 256
     python benchmarks/quantizer.py --vocab-sizes 1024,65536 --groups 8x2,4x4 --batch-sizes 1,8 \
         --methods eager,blocked,full,onnx --repeats 5 --threads 2 --out out/bench/quantizer.json
 
@@ -27,6 +28,10 @@ from benchmarks.lookup_case import METHODS, LookupCase
 # The issue's target: V = 65,536, G = 8, d = 2, batch 8 at 256x256 with f16 (N = 16,384 vectors).
 TARGET = {"num_embed": 65536, "num_group": 8, "group_dim": 2, "batch": 8, "image_size": 256, "downsample": 16}
 TARGET_SPEEDUP, TARGET_EXTRA_MB = 5.0, 1024.0
+# IBQ's largest published tokenizer (IBQ-Tokenizer-262144): V = 262,144 codes of D = 256 (one group),
+# score = raw dot product; batch 8 at 256x256 with f16 (N = 2,048 vectors, 137 G multiply-adds).
+IBQ_TARGET = {"num_embed": 262144, "num_group": 1, "group_dim": 256, "batch": 8, "image_size": 256,
+              "downsample": 16, "quantizer": "ibq"}
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-matrix-gib", type=float, default=6.0, help="skip methods needing a bigger N x V block")
     parser.add_argument("--check-rows", type=int, default=4096, help="vectors checked against the exact lookup (d > 2)")
     parser.add_argument("--target", action="store_true", help="run only the issue's target case")
+    parser.add_argument("--ibq-target", action="store_true", help="run only the IBQ case: V=262144, D=256, batch 8")
+    parser.add_argument("--quantizer", choices=("gsq", "ibq"), default="gsq",
+                        help="gsq: l2-normalised nearest code; ibq: raw dot-product argmax (SEED-Voken)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/bench/quantizer.json"), help="JSON report path")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -94,6 +102,8 @@ def sweep_cases(args: argparse.Namespace) -> list[LookupCase]:
     }
     if args.target:
         return [LookupCase(**TARGET, **common)]
+    if args.ibq_target:
+        return [LookupCase(**IBQ_TARGET, **common)]
     return [
         LookupCase(
             num_embed=vocab,
@@ -102,6 +112,7 @@ def sweep_cases(args: argparse.Namespace) -> list[LookupCase]:
             batch=batch,
             image_size=args.image_size,
             downsample=args.downsample,
+            quantizer=args.quantizer,
             **common,
         )
         for groups, dim in args.groups
@@ -113,13 +124,16 @@ def sweep_cases(args: argparse.Namespace) -> list[LookupCase]:
 def format_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width text table, one line per case and method."""
     header = (
-        f"{'V':>7} {'GxD':>5} {'B':>2} {'N':>6} {'method':<8} {'median ms':>10} {'min-max ms':>17} "
+        f"{'lookup':<6} {'V':>7} {'GxD':>5} {'B':>2} {'N':>6} {'method':<8} {'median ms':>10} {'min-max ms':>17} "
         f"{'extra MB':>9} {'vs full':>8} {'= exact':>8} {'max gap':>8}  note"
     )
     lines = [header, "-" * len(header)]
     for r in records:
         group = f"{r['num_group']}x{r['group_dim']}"
-        prefix = f"{r['num_embed']:>7} {group:>5} {r['batch']:>2} {r['num_vectors']:>6} {r['method']:<8}"
+        prefix = (
+            f"{r.get('quantizer', 'gsq'):<6} {r['num_embed']:>7} {group:>5} {r['batch']:>2} {r['num_vectors']:>6} "
+            f"{r['method']:<8}"
+        )
         if r.get("status") != "ok":
             lines.append(
                 f"{prefix} {'-':>10} {'-':>17} {'-':>9} {'-':>8} {'-':>8} {'-':>8}  {r['status']}: {r['reason']}"
@@ -164,6 +178,24 @@ def target_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return summary
 
 
+def ibq_target_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The IBQ case: every method's time and extra memory; bounded means < TARGET_EXTRA_MB for eager and ONNX."""
+    keys = ("quantizer", "num_embed", "num_group", "group_dim", "batch", "image_size")
+    at_target = {r["method"]: r for r in records if all(r.get(key) == IBQ_TARGET[key] for key in keys)}
+    if at_target.get("eager", {}).get("status") != "ok":
+        return None
+    summary: dict[str, Any] = {"case": IBQ_TARGET, "limit_extra_mb": TARGET_EXTRA_MB}
+    for method, record in at_target.items():
+        if record.get("status") == "ok":
+            summary[method] = {key: record.get(key) for key in (
+                "median_ms", "peak_extra_mb", "agreement_vs_exact", "max_gap_vs_exact", "speedup_vs_full")}
+        else:
+            summary[method] = {"status": record.get("status"), "reason": record.get("reason")}
+    bounded = [m for m in ("eager", "onnx") if m in summary and "peak_extra_mb" in summary[m]]
+    summary["met"] = bool(bounded) and all(summary[m]["peak_extra_mb"] < TARGET_EXTRA_MB for m in bounded)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.measure import missing_package
 
@@ -203,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": records,
         "target": target_summary(records),
+        "ibq_target": ibq_target_summary(records),
     }
     write_json(args.out, report, overwrite=args.overwrite)
     print(format_table(records))
@@ -215,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
             f"eager tokens = exact: {target['eager_agreement_vs_exact']:.4f}, full matrix = exact: "
             f"{target['full_matrix_agreement_vs_exact']:.4f} (max gap {target['full_matrix_max_gap_vs_exact']:.1e}); "
             f"{'met' if target['met'] else 'NOT met'}"
+        )
+    ibq = report["ibq_target"]
+    if ibq is not None:
+        parts = [
+            f"{method} {ibq[method]['median_ms']:.0f} ms, +{ibq[method]['peak_extra_mb']:.0f} MB"
+            for method in ("eager", "blocked", "onnx", "full")
+            if method in ibq and "median_ms" in ibq[method]
+        ]
+        print(
+            f"\nIBQ target (V=262144, D=256, batch 8 at 256x256, f16; N=2048): {'; '.join(parts)}; eager and ONNX "
+            f"under {TARGET_EXTRA_MB:.0f} MB extra: {'met' if ibq['met'] else 'NOT met'}"
         )
     print(f"\nwrote {args.out}")
     return 0

@@ -97,6 +97,11 @@ class ArchitectureConfig:
     family: ClassVar[str] = ""
     quantizer: QuantizerConfig
 
+    @classmethod
+    def default_quantizer(cls) -> QuantizerConfig:
+        """The quantizer a config of this family has unless it says otherwise."""
+        return QuantizerConfig()
+
     @property
     def input_channels(self) -> int:
         """Image channels in (and out)."""
@@ -152,7 +157,10 @@ class ArchitectureConfig:
         if family != cls.family:
             raise ConfigError(f"a {family!r} config cannot be read as a {cls.family!r} config")
         _reject_unknown(cls, data, f"{cls.family} tokenizer config")
-        quantizer = quantizer_config_from_dict(data.pop("quantizer", {}))
+        given = data.pop("quantizer", {})
+        if isinstance(given, dict):  # a partial quantizer completes the family's default one
+            given = {**dataclasses.asdict(cls.default_quantizer()), **given}
+        quantizer = quantizer_config_from_dict(given)
         try:
             config = cls(**data, quantizer=quantizer)
         except TypeError as error:

@@ -57,6 +57,10 @@ class IBQConfig(ArchitectureConfig):
         if isinstance(self.quantizer, dict):
             self.quantizer = quantizer_config_from_dict(self.quantizer)
 
+    @classmethod
+    def default_quantizer(cls) -> QuantizerConfig:
+        return ibq_quantizer()
+
     @property
     def input_channels(self) -> int:
         return self.in_channels

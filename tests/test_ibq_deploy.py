@@ -125,3 +125,16 @@ def test_compare_runs_on_the_ibq_checkpoint(tmp_path, onnx_dir):
     assert set(results) == {("torch", "fp32"), ("onnx", "fp32")}
     assert results[("onnx", "fp32")]["disagreement_max_margin"] <= 1e-5
     assert results[("onnx", "fp32")]["token_agreement"] >= 0.99
+
+
+def test_quantizer_benchmark_has_the_ibq_lookup(tmp_path):
+    out = tmp_path / "quantizer.json"
+    args = ["--quantizer", "ibq", "--vocab-sizes", "2048", "--groups", "1x64", "--batch-sizes", "2", "--image-size", "64",
+            "--downsample", "16", "--methods", "eager,full,onnx", "--repeats", "1", "--threads", "1", "--no-progress"]
+    result = run_module("benchmarks.quantizer", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(records) == {"eager", "full", "onnx"}
+    for record in records.values():
+        assert record["status"] == "ok" and record["quantizer"] == "ibq"
+        assert record["agreement_vs_exact"] == 1.0  # random N(0,1) data: no near-ties at this size
