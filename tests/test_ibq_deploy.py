@@ -123,7 +123,7 @@ def test_compare_runs_on_the_ibq_checkpoint(tmp_path, onnx_dir):
     assert report["model"]["family"] == "ibq" and report["model"]["quantize_type"] == "ibq"
     results = {(r["backend"], r["precision"]): r for r in report["results"]}
     assert set(results) == {("torch", "fp32"), ("onnx", "fp32")}
-    assert results[("onnx", "fp32")]["disagreement_max_margin"] <= 1e-5
+    assert results[("onnx", "fp32")]["max_disagreement_margin"] <= 1e-5
     assert results[("onnx", "fp32")]["token_agreement"] >= 0.99
 
 
