@@ -14,7 +14,7 @@ from .config import ArchitectureConfig, ConfigError, QuantizerConfig, TokenizerC
 from .errors import CheckpointError
 from .checkpoint_ibq import is_lightning_checkpoint, read_lightning_checkpoint
 from .families import DEFAULT_FAMILY, config_from_json, get_family
-from .model import GSQTokenizer
+from .model import GSQTokenizer, expected_state_shapes
 from .safe_pickle import load_config_pickle
 
 NATIVE_FORMAT = "gsq-deploy"
@@ -274,21 +274,37 @@ def _refuse_lightning_options(path: Path, config: Any, ema: bool) -> None:
         raise CheckpointError(f"{path}: holds one set of weights; --no-ema (ema=False) is for IBQ Lightning checkpoints")
 
 
-def load_state_dict_checked(model: GSQTokenizer, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, raising CheckpointError naming the first mismatched keys and shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [
-        f"{k} {list(state_dict[k].shape)} != {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
+def weight_problems(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> list[str]:
+    """Missing, unexpected and wrongly shaped weights, first few of each, one phrase per kind."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong_shape = [f"{k} {list(found[k])} != {list(v)}" for k, v in expected.items() if k in found and found[k] != v]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
         if keys:
             shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
             problems.append(f"{label}: {shown}")
+    return problems
+
+
+def check_weights_match_config(config: ArchitectureConfig, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError unless the weights have exactly the names and shapes the config implies,
+    decided on the meta device before any model is built (a config claiming V = 2**31 - 1 or
+    hidden_channels 8192 beside small weights is refused without allocating anything)."""
+    found = {key: tuple(value.shape) for key, value in state_dict.items()}
+    try:
+        expected = expected_state_shapes(config, max_parameters=len(found))
+    except CheckpointError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    problems = weight_problems(expected, found)
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the checkpoint's config; " + "; ".join(problems))
+
+
+def load_state_dict_checked(model: GSQTokenizer, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, raising CheckpointError naming the first mismatched keys and shapes."""
+    expected = model.state_dict()
+    problems = weight_problems({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in state_dict.items()})
     if problems:
         raise CheckpointError(f"{source}: weights do not match the checkpoint's config; " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()})
@@ -300,8 +316,10 @@ def tokenizer_from_file(
     config: str | Path | ArchitectureConfig | None = None,
     ema: bool = True,
 ) -> GSQTokenizer:
-    """Build the model a checkpoint file describes and load its weights (eval mode)."""
+    """Build the model a checkpoint file describes and load its weights (eval mode); the config is
+    checked against the weights' shapes before the model is built."""
     config, state_dict = read_checkpoint(path, config, ema)
+    check_weights_match_config(config, state_dict, str(path))
     model = GSQTokenizer(config)
     load_state_dict_checked(model, state_dict, str(path))
     return model.to(device).eval()

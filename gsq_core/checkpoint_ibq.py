@@ -249,7 +249,10 @@ def read_lightning_checkpoint(
     state = package["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of names to tensors")
-    expected = _expected_shapes(model_config)  # ours -> shape
+    try:  # ours -> shape; a config building more weights than the file holds stops at once
+        expected = _expected_shapes(model_config, max_parameters=len(state))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error} ({config_source})") from None
     names = {upstream_name(key): key for key in expected}  # upstream -> ours
     shadows = {ema_name(upstream): upstream for upstream in names}
     if len(shadows) != len(names):
@@ -289,12 +292,8 @@ def read_lightning_checkpoint(
     return model_config, weights
 
 
-def _expected_shapes(config: ArchitectureConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config: ArchitectureConfig, max_parameters: int | None = None) -> dict[str, tuple[int, ...]]:
     """Our state-dict shapes for this config, from a model built on the meta device (no memory)."""
-    import torch
+    from .model import expected_state_shapes
 
-    from .model import GSQTokenizer
-
-    with torch.device("meta"):
-        model = GSQTokenizer(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return expected_state_shapes(config, max_parameters)

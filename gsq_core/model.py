@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +173,33 @@ class GSQTokenizer(nn.Module):
     @property
     def _dtype(self) -> torch.dtype:
         return next(self.encoder.parameters()).dtype
+
+
+def expected_state_shapes(config: ArchitectureConfig, max_parameters: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes a config implies, from a model built on the meta device: nothing is
+    allocated, however large the config claims the model is. With max_parameters (the number of
+    tensors a checkpoint holds), a config that builds more parameters than that stops building at
+    once with CheckpointError (a hostile config could otherwise ask for millions of layers)."""
+    from .errors import CheckpointError
+
+    builder = threading.get_ident()
+    registered = 0
+
+    def count(module: nn.Module, name: str, parameter: nn.Parameter | None) -> None:
+        nonlocal registered
+        if threading.get_ident() != builder or parameter is None:
+            return
+        registered += 1
+        if max_parameters is not None and registered > max_parameters:
+            raise CheckpointError(
+                f"the config builds more than {max_parameters} weight tensors, more than the checkpoint holds; "
+                "config and weights do not match"
+            )
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        with torch.device("meta"):
+            model = GSQTokenizer(config)
+    finally:
+        handle.remove()
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}

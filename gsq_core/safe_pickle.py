@@ -85,17 +85,86 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise CheckpointError("the checkpoint's config pickle references external objects; refusing to load it")
 
 
+# Budgets: a flex_gen config pickle is a few KB, a few levels deep, with a few hundred values.
+MAX_PICKLE_BYTES = 4 * 2**20
+MAX_DEPTH = 64  # containers inside containers (OmegaConf nodes count as one level each)
+MAX_VALUES = 100_000  # values once shared references are expanded, as to_plain would copy them
+
+
 def load_config_pickle(data: bytes) -> Any:
-    """Decode a config pickle into plain dicts, lists and scalars, or raise CheckpointError."""
+    """Decode a config pickle into plain dicts, lists and scalars, or raise CheckpointError.
+
+    Within budgets: at most MAX_PICKLE_BYTES, MAX_DEPTH levels of nesting and MAX_VALUES values
+    after shared references are expanded ("billion laughs"); reference cycles are refused."""
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError(f"the checkpoint's config must be pickled bytes, got {type(data).__name__}")
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"the checkpoint's config pickle is {len(data):,} bytes, more than a config needs ({MAX_PICKLE_BYTES:,} at most)"
+        )
     try:
         raw = _RestrictedUnpickler(io.BytesIO(bytes(data))).load()
     except CheckpointError:
         raise
+    except RecursionError:
+        raise CheckpointError("the checkpoint's config pickle is nested too deeply to be a config") from None
     except Exception as error:  # any malformed pickle: truncated, wrong opcodes, bad calls
         raise CheckpointError(f"the checkpoint's config pickle is corrupt: {type(error).__name__}: {error}") from None
+    check_budget(raw)
     return to_plain(raw)
+
+
+def _children(value: Any) -> list[Any]:
+    """What to_plain copies out of value: container items, an OmegaConf node's _content / _val
+    (never its _parent or metadata, which point back up the tree)."""
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (_DictConfig, _ListConfig, _ValueNode)):
+        state = value.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}
+        name = "_val" if isinstance(value, _ValueNode) else "_content"
+        return [state[name]] if isinstance(state, dict) and name in state else []
+    return []
+
+
+def check_budget(root: Any) -> None:
+    """CheckpointError unless the unpickled object graph is acyclic, at most MAX_DEPTH deep and at most
+    MAX_VALUES values when expanded. Iterative, and each shared container is measured once."""
+    expanded: dict[int, int] = {}  # id -> values in its expansion (itself included)
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        value, children_done = stack.pop()
+        key = id(value)
+        children = _children(value)
+        if not children:
+            continue
+        if children_done:
+            on_path.discard(key)
+            inner = [c for c in children if _children(c)]
+            expanded[key] = 1 + len(children) - len(inner) + sum(expanded[id(c)] for c in inner)
+            depth[key] = 1 + max((depth[id(c)] for c in inner), default=0)
+            if depth[key] > MAX_DEPTH:
+                raise CheckpointError(f"the checkpoint's config pickle nests more than {MAX_DEPTH} levels deep; not a config")
+            if expanded[key] > MAX_VALUES:
+                raise CheckpointError(
+                    f"the checkpoint's config pickle expands to more than {MAX_VALUES:,} values (shared references "
+                    "repeated over and over, a 'billion laughs'); not a config"
+                )
+            continue
+        if key in expanded:
+            continue
+        if key in on_path:
+            raise CheckpointError("the checkpoint's config pickle refers to itself (a reference cycle); not a config")
+        if len(on_path) >= MAX_DEPTH:
+            raise CheckpointError(f"the checkpoint's config pickle nests more than {MAX_DEPTH} levels deep; not a config")
+        on_path.add(key)
+        stack.append((value, True))
+        stack.extend((child, False) for child in children if id(child) not in expanded)
 
 
 def to_plain(value: Any) -> Any:

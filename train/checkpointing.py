@@ -19,7 +19,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -159,7 +159,8 @@ class LoadedState:
 
 
 def load_checkpoint(directory: Path, rank: int) -> LoadedState:
-    """Read a checkpoint directory safely (safetensors, weights_only torch.load, JSON)."""
+    """Read a checkpoint directory safely (safetensors, weights_only torch.load, JSON); CheckpointError
+    naming the damaged file. Every rank's RNG file is checked, so all ranks reach the same verdict."""
     def torch_state(name: str) -> dict[str, Any] | None:
         path = directory / name
         if not path.is_file():
@@ -167,20 +168,81 @@ def load_checkpoint(directory: Path, rank: int) -> LoadedState:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as error:  # damaged file: say which
-            raise CheckpointError(f"{path}: cannot read safely: {str(error).splitlines()[0]}") from None
+            raise CheckpointError(f"{path}: cannot read safely: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
-    try:
-        state = json.loads((directory / STATE).read_text())
-        generator = load_file(str(directory / "generator.safetensors"))
-        ema = load_file(str(directory / "ema.safetensors"))
-        discriminator_path = directory / "discriminator.safetensors"
-        discriminator = load_file(str(discriminator_path)) if discriminator_path.is_file() else None
-        rng_path = directory / f"rng_rank{rank}.json"
-        rng = json.loads(rng_path.read_text()) if rng_path.is_file() else None
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: damaged checkpoint: {error}") from None
+    def tensors(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(directory / name))
+        except Exception as error:  # SafetensorError (truncated, corrupt header), OSError
+            raise CheckpointError(f"{directory / name}: unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
+    def json_file(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as error:
+            raise CheckpointError(f"{path}: unreadable ({type(error).__name__})") from None
+
+    state = json_file(directory / STATE)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        raise CheckpointError(f"{directory / STATE}: has no integer 'step'")
+    for key in ("ema_updates", "skipped_images"):
+        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool)):
+            raise CheckpointError(f"{directory / STATE}: {key!r} is not an integer")
+    generator = tensors("generator.safetensors")
+    ema = tensors("ema.safetensors")
+    discriminator = tensors("discriminator.safetensors") if (directory / "discriminator.safetensors").is_file() else None
+    rng = None
+    for rng_path in sorted(directory.glob("rng_rank*.json")):
+        value = json_file(rng_path)
+        if rng_path.name == f"rng_rank{rank}.json":
+            rng = value
     optimizer_generator = torch_state("optimizer_generator.pt")
     if optimizer_generator is None:
         raise CheckpointError(f"{directory}: optimizer_generator.pt is missing")
     return LoadedState(directory, state, generator, ema, discriminator, optimizer_generator,
                        torch_state("optimizer_discriminator.pt"), rng)
+
+
+def resume_candidates(output_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """Complete checkpoints to resume from, best first: the one latest.json names, then every other
+    complete step, newest first. Notes say when latest.json itself is unusable."""
+    root = checkpoint_root(output_dir)
+    notes: list[str] = []
+    ordered: list[Path] = []
+    if (root / LATEST).is_file():
+        try:
+            pointed = latest_checkpoint(output_dir)
+            if pointed is not None:
+                ordered.append(pointed)
+        except CheckpointError as error:
+            notes.append(f"{error}; trying the newest complete checkpoint instead")
+    for step in sorted(list_complete(output_dir), reverse=True):
+        directory = step_directory(output_dir, step)
+        if directory not in ordered:
+            ordered.append(directory)
+    return ordered, notes
+
+
+def load_resume_state(
+    output_dir: str | Path, rank: int, check: Callable[[LoadedState], None] | None = None
+) -> tuple[LoadedState | None, list[str]]:
+    """The newest checkpoint that reads and passes `check` (which raises CheckpointError on damage),
+    falling back to older complete ones; notes name each damaged one and the one taken. None when the
+    run has no checkpoint; CheckpointError (one line, every reason) when it has some but none is usable."""
+    candidates, notes = resume_candidates(output_dir)
+    reasons: list[str] = []
+    for directory in candidates:
+        try:
+            loaded = load_checkpoint(directory, rank)
+            if check is not None:
+                check(loaded)
+        except CheckpointError as error:
+            reasons.append(str(error))
+            notes.append(f"{directory.name} is damaged ({error}); trying an older checkpoint")
+            continue
+        if reasons:
+            notes.append(f"resuming from {directory.name}, the newest checkpoint that reads")
+        return loaded, notes
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint in {checkpoint_root(output_dir)}: " + "; ".join(reasons))
+    return None, notes

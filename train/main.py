@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: import the `train` package fro
 import argparse
 import contextlib
 import math
+import os
 import shutil
 import time
 import warnings
@@ -35,7 +36,7 @@ except ImportError as _missing:  # one line naming the extra, not a ModuleNotFou
     sys.exit(f"error: {missing_package_message(_missing.name or 'torch', 'train', 'train/main.py')}")
 
 from gsq_core.checkpoint import config_summary
-from gsq_core.errors import GSQError
+from gsq_core.errors import CheckpointError, GSQError
 from gsq_core.model import GSQTokenizer
 from train import checkpointing
 from train.config import TrainConfig, load_config
@@ -103,15 +104,22 @@ def make_accelerator(config: TrainConfig):
     return accelerator
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from (or None); refuse to mix a new run into an old one."""
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one, and an output folder that cannot be written."""
+    from gsq_core.outputs import OutputError, writable_folder
+
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other; pass one")
-    earlier = checkpointing.latest_checkpoint(output_dir) if (resume or not overwrite) else None
-    holds_run = earlier is not None or (output_dir / FINAL_MODEL).exists() or bool(checkpointing.list_complete(output_dir))
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"{output_dir}: exists and is not a folder; --output-dir takes a folder")
+    writable_folder(output_dir)
+    holds_run = (
+        (checkpointing.checkpoint_root(output_dir) / checkpointing.LATEST).exists()
+        or (output_dir / FINAL_MODEL).exists()
+        or bool(checkpointing.list_complete(output_dir))
+    )
     if not resume and not overwrite and holds_run:
         raise RunError(f"{output_dir} already holds a run; pass --resume to continue it or --overwrite to start over")
-    return earlier if resume else None
 
 
 def clear_output_dir(output_dir: Path) -> None:
@@ -143,6 +151,21 @@ def same_model(saved: dict | None, config: TrainConfig) -> bool:
         return config_from_dict(saved).to_dict() == config.tokenizer_config().to_dict()
     except GSQError:
         return False
+
+
+def check_resumable(loaded: checkpointing.LoadedState, generator: GSQTokenizer, config: TrainConfig) -> None:
+    """RunError when the checkpoint is of another model (a user mistake: no fallback); CheckpointError
+    when its weights do not fit the model it records (damage: the caller tries an older checkpoint)."""
+    from gsq_core.checkpoint import weight_problems
+
+    if not same_model(loaded.state.get("model_config"), config):
+        raise RunError(f"{loaded.directory}: the checkpoint's model differs from the config's model; "
+                       "resume with the same model config")
+    expected = {key: tuple(value.shape) for key, value in generator.state_dict().items()}
+    for name, tensors in (("generator", loaded.generator), ("ema", loaded.ema)):
+        problems = weight_problems(expected, {key: tuple(value.shape) for key, value in tensors.items()})
+        if problems:
+            raise CheckpointError(f"{loaded.directory / (name + '.safetensors')}: " + "; ".join(problems))
 
 
 def load_initial_weights(generator: GSQTokenizer, source: str, config: TrainConfig) -> None:
@@ -258,7 +281,7 @@ def train(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(config)
     is_main, rank, world_size = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     output_dir: Path = args.output_dir
-    resume_dir = prepare_output_dir(output_dir, args.resume, args.overwrite)
+    prepare_output_dir(output_dir, args.resume, args.overwrite)
     accelerator.wait_for_everyone()
     if is_main:
         if args.overwrite:
@@ -274,7 +297,14 @@ def train(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     generator = GSQTokenizer(config.tokenizer_config())
     eval_model = GSQTokenizer(config.tokenizer_config())
-    if args.init_from and resume_dir is None:
+    loaded, resume_notes = (None, [])
+    if args.resume:  # the newest checkpoint that reads, falling back past damaged ones (and saying so)
+        loaded, resume_notes = checkpointing.load_resume_state(
+            output_dir, rank, lambda state: check_resumable(state, generator, config))
+    if is_main:
+        for note in resume_notes:
+            print(f"warning: {note}", flush=True)
+    if args.init_from and loaded is None:
         load_initial_weights(generator, args.init_from, config)
         if is_main:
             print(f"initialised from {args.init_from}", flush=True)
@@ -288,21 +318,22 @@ def train(args: argparse.Namespace) -> int:
     optimizer_d = make_optimizer(discriminator, config.optim.disc_lr or config.optim.lr, config) if discriminator else None
 
     step, skipped_total, facts_before = 0, 0, {}
-    if args.resume and resume_dir is None and is_main:
+    if args.resume and loaded is None and is_main:
         print(f"no checkpoint in {checkpointing.checkpoint_root(output_dir)}; starting from step 0", flush=True)
-    if resume_dir is not None:
-        loaded = checkpointing.load_checkpoint(resume_dir, rank)
+    if loaded is not None:
+        resume_dir = loaded.directory
         facts_before = loaded.state
-        if not same_model(facts_before.get("model_config"), config):
-            raise RunError(f"{resume_dir}: the checkpoint's model differs from the config's model; resume with the same model config")
         generator.load_state_dict(loaded.generator)
         ema.load_state_tensors(loaded.ema, int(facts_before.get("ema_updates", 0)))
         optimizer_g.load_state_dict(loaded.optimizer_generator)
         if discriminator is not None:
             if loaded.discriminator is None or loaded.optimizer_discriminator is None:
                 raise RunError(f"{resume_dir}: has no discriminator state, but the config trains one")
-            discriminator.load_state_dict(loaded.discriminator)
-            optimizer_d.load_state_dict(loaded.optimizer_discriminator)
+            try:
+                discriminator.load_state_dict(loaded.discriminator)
+                optimizer_d.load_state_dict(loaded.optimizer_discriminator)
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise RunError(f"{resume_dir}: its discriminator does not match the config's ({str(error).splitlines()[0]})") from None
         if loaded.rng is not None:
             checkpointing.restore_rng_state(loaded.rng)
         step = int(facts_before["step"])
@@ -479,7 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args)
     except (GSQError, DataError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        # Every process of a launch meets the same config, output folder and checkpoints, so those
+        # errors are printed once (by rank 0); data errors can differ per process and say which.
+        rank = int(os.environ.get("RANK", "0") or 0)
+        if isinstance(error, DataError) and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            print(f"error: [process {rank}] {error}", file=sys.stderr, flush=True)
+        elif rank == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
 
 
