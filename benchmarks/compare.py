@@ -241,10 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.backend_worker import timing_images
     from benchmarks.compare_report import fidelity, load_outputs
     from gsq_core.api import load_tokenizer, resolve_checkpoint
-    from gsq_core.images import expand_image_paths, read_image
-
     from gsq_core.budgets import check_work
-    from gsq_core.images import inspect_image
+    from gsq_core.images import expand_image_paths, inspect_image, read_image
     from runtimes.artifacts import file_sha256
 
     args.ckpt_path = resolve_checkpoint(args.ckpt)

@@ -31,8 +31,10 @@ OPENVINO_PRECISIONS = ("fp32", "fp16", "int8")
 
 def require_openvino() -> Any:
     """The openvino module, or ExportError with the install command."""
+    from runtimes.openvino import import_openvino
+
     try:
-        import openvino
+        openvino = import_openvino()  # without OpenVINO's telemetry, whose fork hung exports
     except ImportError:
         raise ExportError(
             f"--target openvino needs the openvino package, which is not installed: {install_hint('openvino')}"
@@ -62,8 +64,9 @@ def convert_ir(step: BuildStep) -> dict[str, Any]:
         log.start()
         xml_name = Path(onnx_entry["file"]).with_suffix(".xml").name
         # Core.read_model reads ONNX through the frontend directly. ov.convert_model (ovc) would
-        # also start OpenVINO's telemetry, which forks a process from a background thread: a fork
-        # while this thread is inside an OpenBLAS call deadlocks it (the export hang of issue 11).
+        # also send OpenVINO's telemetry, which forks a process from a background thread: a fork
+        # while this thread is inside an OpenBLAS call deadlocks it (the export hang of issue 11;
+        # runtimes.openvino.import_openvino keeps the telemetry out altogether).
         ov.save_model(
             ov.Core().read_model(str(source.graph_path(name))), str(staging / xml_name), compress_to_fp16=False
         )

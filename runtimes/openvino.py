@@ -13,6 +13,7 @@ CLI: `python -m runtimes.openvino encode|decode --model DIR ...` (see runtimes.c
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,29 @@ INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
 INSTALL_HINT = "pip install 'gsq-deploy[openvino]' (or: pip install openvino)"
 
 
+def import_openvino() -> Any:
+    """The openvino module, imported without OpenVINO's usage telemetry (ImportError when absent).
+
+    `import openvino` imports openvino.tools.ovc, which sends a telemetry event (unless CI=true or
+    the user opted out): openvino_telemetry forks a process (multiprocessing) from a background
+    thread to post it, and ov.convert_model sends more. A fork from another thread while the main
+    thread is inside a multithreaded OpenBLAS call (numpy's float64 matmul in score_gaps, say) hangs
+    that call for ever: OpenBLAS's fork handler shuts down the thread pool the call is waiting on.
+    That was the gsq-export --target openvino hang of issue 11 (docs/testing.md). With
+    openvino_telemetry marked absent, OpenVINO uses its own no-op stub, the path it takes when the
+    package is not installed: no thread, no fork, nothing sent. Every import of openvino in
+    gsq-deploy goes through here (tests/test_targets_openvino.py checks that an export forks nothing).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def compile_graph(path: Path, device: str, inference_precision: str, threads: int | None) -> Any:
     """An OpenVINO compiled model for one IR file with an explicit inference precision."""
-    import openvino
+    openvino = import_openvino()
 
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision}
     if threads is not None:
@@ -46,7 +67,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         self, model_dir: str | Path, device: str = "CPU", threads: int | None = None, inference_precision: str = "f32"
     ):
         try:
-            import openvino
+            openvino = import_openvino()
         except ImportError:
             raise BackendUnavailableError(f"the openvino runtime needs the openvino package: {INSTALL_HINT}") from None
         self.artifact = open_artifact(model_dir, "openvino")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -152,3 +153,33 @@ def test_without_openvino_export_and_runtime_refuse_in_one_line(tmp_path):
                                 capture_output=True, text=True, timeout=300)  # fmt: skip
         assert_one_line_error(result, "pip install 'gsq-deploy[openvino]'")
     assert not (tmp_path / "ov").exists()
+
+
+@needs_openvino
+def test_an_openvino_export_and_run_fork_nothing_with_telemetry_on(tmp_path):
+    """The issue-11 hang: OpenVINO's telemetry forked a process from a background thread, which
+    deadlocks a concurrent multithreaded OpenBLAS call in the main thread. With CI unset (the
+    telemetry on, as on a user's machine), an export with validation and a runtime call must fork
+    nothing and load no telemetry."""
+    out = tmp_path / "ov"
+    image = FLEXGEN / f"{CONFORMANCE_MODELS[0]}_images" / "64x64_0.png"
+    code = (
+        "import json, os, sys, threading\n"
+        "forks = []\n"
+        "os.register_at_fork(before=lambda: forks.append(threading.current_thread().name))\n"
+        f"sys.argv = ['gsq-export', '--ckpt', {str(FLEXGEN / (CONFORMANCE_MODELS[0] + '.pt'))!r}, '--target', "
+        f"'openvino', '--graphs', 'tokenize', '--out', {str(out)!r}]\n"
+        "from exporters.cli import main\n"
+        "main()\n"
+        "from gsq_core.images import read_image\n"
+        "from runtimes import load_runtime\n"
+        f"load_runtime('openvino', {str(out)!r}).encode(read_image({str(image)!r}).pixels[None])\n"
+        "telemetry = sorted(name for name, module in sys.modules.items() if name.startswith('openvino_telemetry') and module)\n"
+        "print(json.dumps({'forks': forks, 'telemetry': telemetry}))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"forks": [], "telemetry": []}, report

@@ -333,3 +333,30 @@ def test_trt_runtime_needs_no_torch():
     code = "import sys, runtimes.trt as t; t.missing_requirements(); assert 'torch' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_trt_runtime_feeds_int32_ids_and_copies_polygraphy_outputs():
+    from runtimes.trt import TrtRuntime
+
+    class FakeRunner:  # Polygraphy's TrtRunner.infer: numpy in, host buffers out (reused between calls)
+        def __init__(self):
+            self.buffer = np.zeros((2, 3, 8, 8), np.float32)
+            self.fed = []
+
+        def infer(self, feed):
+            (value,) = feed.values()
+            self.fed.append(value.dtype)
+            self.buffer[:] = value[:, :1, :, :1].astype(np.float32)  # something that depends on the input
+            return {"images": self.buffer}
+
+    runtime = TrtRuntime.__new__(TrtRuntime)  # the host side alone: no engine, no GPU
+    entry = {"inputs": [{"name": "codes"}], "outputs": [{"name": "images"}]}
+    runtime.artifact = SimpleNamespace(graphs={"detokenize": entry})
+    runner = FakeRunner()
+    runtime._runners = {"detokenize": runner}
+    runtime._select_device = lambda: None
+    codes = np.arange(2 * 8 * 8 * 3, dtype=np.int64).reshape(2, 8, 8, 3)
+    first = runtime._run_chunk("detokenize", entry, codes)
+    runtime._run_chunk("detokenize", entry, codes + 1)  # overwrites the runner's buffer
+    assert runner.fed == [np.int32, np.int32]
+    assert first.dtype == np.float32 and first[0, 0, 0, 0] == codes[0, 0, 0, 0]  # not the reused buffer
