@@ -50,7 +50,12 @@ OptionsT = TypeVar("OptionsT")
 
 
 def flag(default: Any, name: str, help: str, type: Any = None) -> Any:  # noqa: A002 - click's words
-    """A field of a target's option dataclass that gsq-export offers as the flag `name`."""
+    """A field of a target's option dataclass that gsq-export offers as the flag `name`.
+
+    type: None (text), "path", ("int_range", minimum) or ("choice", values), turned into click
+    types by exporters.target_options; the flag's value is None when not given, the field's
+    default then applies.
+    """
     return field(default=default, metadata={"flag": name, "help": help, "type": type})
 
 
