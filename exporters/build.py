@@ -76,6 +76,7 @@ class ExportOptions:
     batch_size: int | None = None
     graphs: tuple[str, ...] = GRAPH_NAMES
     code_block: int = LOOKUP_CODE_BLOCK
+    lookup: str = "auto"  # "auto": the window lookup where proven (d <= 2), else dense; "dense" (exporters.graphs)
     validate: bool = True
     calib_images: Path | None = None
     tolerances: Tolerances | None = None  # reduced precisions' warning thresholds, overridden
@@ -94,6 +95,8 @@ class ExportOptions:
                 raise ExportError(f"precision {precision!r} for {name} is unknown; choose from {', '.join(PRECISIONS)}")
         if self.graph_precisions:
             select_graphs(self.graph_precisions)  # unknown graph names fail here
+        if self.lookup not in ("auto", "dense"):
+            raise ExportError(f"unknown lookup {self.lookup!r}; choose auto or dense")
 
     def precision_for(self, graph: str) -> str:
         """The precision one graph is built in."""
@@ -334,7 +337,7 @@ def validate_staged(
     batches = validation_batches(photos, model.downsample_factor, shapes.get("batch"), size)  # type: ignore[arg-type]
     if target.fit_batches is not None:
         batches = target.fit_batches(batches, manifest)
-    specs = graph_specs(model, ShapePlan.dynamic(), options.code_block)
+    specs = graph_specs(model, ShapePlan.dynamic())
     log.start()
     runtime = load_runtime(target.runtime, staging, **target.runtime_options(options))
     try:

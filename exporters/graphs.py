@@ -1,8 +1,9 @@
 """What each exported graph computes: torch wrappers around the eager model, and their I/O specs.
 
 The wrappers add only graph-friendly glue to the eager GSQTokenizer's submodules: the quantizer
-lookup with its constants folded (normalised codebook, optional distance bias) and split into
-codebook blocks, and the codebook Gather in front of the decoder. Shapes are read only through
+lookup with its constants folded (a proven candidate window for d <= 2, exporters.lookup_graph;
+otherwise the normalised codebook, optional distance bias, split into codebook blocks), and the
+codebook Gather in front of the decoder. Shapes are read only through
 tensor.shape, which the exporter's tracer records as graph ops, so batch, height and width stay
 symbolic in the exported graph (validation runs other shapes than the traced ones to prove it).
 """
@@ -15,10 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gsq_core.lookup import normalize_vectors
 from gsq_core.model import GSQTokenizer
 
 from . import GRAPH_NAMES  # noqa: F401  (also importable from here, as before)
+from .lookup_graph import LookupPlan, WindowLookup, graph_normalize, plan_lookup
 from .validation import TOLERANCES, Tolerances
 
 # Codes per lookup block: the graph never holds more than [N, LOOKUP_CODE_BLOCK] fp32 scores.
@@ -66,7 +67,7 @@ class CodebookLookup(nn.Module):
                 self.register_buffer(f"bias_{index}", bias[start : start + code_block].contiguous())
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        x = normalize_vectors(vectors, self.normalization)
+        x = graph_normalize(vectors, self.normalization)
         best_score: torch.Tensor | None = None
         best_index: torch.Tensor | None = None
         for index, start in enumerate(self.block_starts):
@@ -86,15 +87,38 @@ class CodebookLookup(nn.Module):
         return best_index
 
 
+LOOKUP_METHODS = ("auto", "dense")
+
+
+def lookup_plan(model: GSQTokenizer, code_block: int = LOOKUP_CODE_BLOCK, method: str = "auto") -> LookupPlan:
+    """How the graphs look codes up: the window lookup where it is proven for this codebook, else dense.
+
+    method "dense" keeps the dense lookup whatever the codebook (for comparisons).
+    """
+    if method not in LOOKUP_METHODS:
+        raise ValueError(f"unknown lookup method {method!r}; choose from {', '.join(LOOKUP_METHODS)}")
+    tables = model.quantizer.lookup_tables()
+    if method == "dense":
+        return LookupPlan("dense", "asked for the dense lookup", model.num_embed, code_block)
+    return plan_lookup(tables.weight, lookup_bias(model), tables.normalization, code_block)
+
+
+def lookup_module(model: GSQTokenizer, plan: LookupPlan) -> nn.Module:
+    """The lookup a plan describes: [N, d] vectors -> int64 [N] codes."""
+    if plan.window is not None:
+        return WindowLookup(plan.window, model.quantizer.lookup_tables().normalization, model.num_embed)
+    return CodebookLookup(model, plan.code_block)
+
+
 class QuantizerGraph(nn.Module):
     """latent [B, D, h, w] -> codes int64 [B, h, w, G] ([B, h, w] for plain VQ)."""
 
-    def __init__(self, model: GSQTokenizer, code_block: int = LOOKUP_CODE_BLOCK):
+    def __init__(self, model: GSQTokenizer, plan: LookupPlan | None = None):
         super().__init__()
         self.num_group = model.num_group
         self.group_dim = model.quantizer.group_dim
         self.has_group_axis = model.quantizer.has_group_axis
-        self.lookup = CodebookLookup(model, code_block)
+        self.lookup = lookup_module(model, plan or lookup_plan(model))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         channels_last = latent.permute(0, 2, 3, 1)  # [B, h, w, D]; channel c = g * d + k
@@ -135,10 +159,10 @@ class DecoderGraph(nn.Module):
 class TokenizeGraph(nn.Module):
     """images -> codes: encoder and quantizer in one graph."""
 
-    def __init__(self, model: GSQTokenizer, code_block: int = LOOKUP_CODE_BLOCK):
+    def __init__(self, model: GSQTokenizer, plan: LookupPlan | None = None):
         super().__init__()
         self.encoder = EncoderGraph(model)
-        self.quantizer = QuantizerGraph(model, code_block)
+        self.quantizer = QuantizerGraph(model, plan)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.quantizer(self.encoder(images))
@@ -206,8 +230,17 @@ class ShapePlan:
         return cls(batch, height, width, height // factor, width // factor)
 
 
-def graph_specs(model: GSQTokenizer, plan: ShapePlan, code_block: int = LOOKUP_CODE_BLOCK) -> dict[str, GraphSpec]:
-    """The five graphs of an artifact for this model, with their I/O shapes under plan."""
+def graph_specs(model: GSQTokenizer, plan: ShapePlan, lookup: LookupPlan | None = None) -> dict[str, GraphSpec]:
+    """The five graphs of an artifact for this model, with their I/O shapes under plan. lookup: how
+    the quantizer and tokenize graphs look codes up (default: lookup_plan(model), made when a graph
+    that needs it is built)."""
+    plans: list[LookupPlan] = [lookup] if lookup is not None else []
+
+    def the_lookup() -> LookupPlan:
+        if not plans:
+            plans.append(lookup_plan(model))
+        return plans[0]
+
     channels = model.config.input_channels
     embed_dim = model.config.embedding_dim
     images = TensorSpec("images", "float32", (plan.batch, channels, plan.height, plan.width))
@@ -217,9 +250,9 @@ def graph_specs(model: GSQTokenizer, plan: ShapePlan, code_block: int = LOOKUP_C
     return {
         "encoder": GraphSpec("encoder", "encoder.onnx", EncoderGraph, (images,), (latent,)),
         "quantizer": GraphSpec(
-            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, code_block), (latent,), (codes,), exact_lookup=True
+            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, the_lookup()), (latent,), (codes,), exact_lookup=True
         ),
         "decoder": GraphSpec("decoder", "decoder.onnx", DecoderGraph, (codes,), (images,)),
-        "tokenize": GraphSpec("tokenize", "tokenize.onnx", lambda m: TokenizeGraph(m, code_block), (images,), (codes,)),
+        "tokenize": GraphSpec("tokenize", "tokenize.onnx", lambda m: TokenizeGraph(m, the_lookup()), (images,), (codes,)),
         "detokenize": GraphSpec("detokenize", "detokenize.onnx", DecoderGraph, (codes,), (images,)),
     }

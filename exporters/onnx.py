@@ -66,12 +66,13 @@ def _build(step: BuildStep) -> dict[str, Any]:
 
 def trace_graphs(step: BuildStep) -> dict[str, Any]:
     """Trace every graph asked for from the model into the staging folder; return the manifest."""
-    from .graphs import graph_specs
+    from .graphs import graph_specs, lookup_plan
 
     model, options, staging, log = step.model, step.options, step.staging, step.log
     assert model is not None
     plan = _shape_plan(model, options.dynamic, options.image_size, options.batch_size)
-    specs = graph_specs(model, plan, options.code_block)
+    lookup = lookup_plan(model, options.code_block, options.lookup)
+    specs = graph_specs(model, plan, lookup)
     entries: dict[str, dict[str, Any]] = {}
     for name in options.graphs:
         spec = specs[name]
@@ -96,7 +97,7 @@ def trace_graphs(step: BuildStep) -> dict[str, Any]:
         shapes=shapes,
         source=options.source,
     )
-    manifest["lookup"].update(code_block=options.code_block, code_blocks=-(-model.num_embed // options.code_block))
+    manifest["lookup"].update(lookup.manifest_facts())
     return manifest
 
 

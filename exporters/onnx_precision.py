@@ -4,8 +4,8 @@
     gsq-export --ckpt model.pt --target onnx --precision int8 --calib-images photos/ --out out/model-onnx-int8
 
 fp16: every float tensor of the encoder / decoder becomes fp16 (onnxconverter-common's converter);
-the quantizer's nodes (normalise, MatMul, Add, ArgMax) and their constants stay fp32, with Casts at
-the border, and the graph's inputs and outputs stay fp32/int64 so runtimes feed the same arrays.
+the quantizer's nodes (normalise and the window or dense lookup), their constants and the values
+passed between them stay fp32, with Casts at the border, and the graph's inputs and outputs stay fp32/int64 so runtimes feed the same arrays.
 int8: static QDQ quantization (onnxruntime.quantization, symmetric int8 weights per channel and
 activations, MinMax calibration on the calibration images); the quantizer's nodes are excluded.
 Symmetric int8 QDQ is also the form TensorRT's explicit quantization and OpenVINO read, so those
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer
 
 LOOKUP_SCOPE = "/quantizer/"  # torch.onnx names nodes by module path; TokenizeGraph.quantizer
-LOOKUP_OPS = ("MatMul", "ArgMax")  # what must be inside the kept-fp32 region, or the export is wrong
+# What the kept-fp32 region must contain, or the export is wrong: the ops of one of the lookup's
+# forms (exporters.lookup_graph: the dense MatMul + ArgMax, or the window's Gather + ReduceMax + ReduceMin).
+LOOKUP_SIGNATURES = {"dense": ("MatMul", "ArgMax"), "window": ("Gather", "ReduceMax", "ReduceMin")}
 MAX_CALIBRATION_BATCH = 4
 # int8 goes where the arithmetic is: convolutions and the attention's matrix products. Normalisation,
 # SiLU and residual adds stay fp32 (quantizing them too costs most of the agreement, little speed).
@@ -46,8 +48,9 @@ def lookup_node_names(graph_name: str, proto: Any) -> list[str]:
     """Names of the nodes that make up the quantizer lookup, which stay fp32 in every precision.
 
     The quantizer graph is the lookup and nothing else (all its nodes); in the tokenize graph it is
-    the nodes under the quantizer module's scope. Raises ExportError when the region found lacks a
-    MatMul and an ArgMax, so a renamed scope cannot silently put the lookup in reduced precision.
+    the nodes under the quantizer module's scope. Raises ExportError when the region found lacks the
+    ops of both lookup forms (LOOKUP_SIGNATURES), so a renamed scope cannot silently put the lookup
+    in reduced precision.
     """
     nodes = list(proto.graph.node)
     if graph_name == "quantizer":
@@ -57,10 +60,10 @@ def lookup_node_names(graph_name: str, proto: Any) -> list[str]:
     else:
         return []
     found = {node.op_type for node in chosen}
-    missing = [op for op in LOOKUP_OPS if op not in found]
-    if missing:
+    if not any(all(op in found for op in ops) for ops in LOOKUP_SIGNATURES.values()):
+        forms = " or ".join(" + ".join(ops) for ops in LOOKUP_SIGNATURES.values())
         raise ExportError(
-            f"{graph_name} graph: could not find the quantizer lookup ({', '.join(missing)} missing under "
+            f"{graph_name} graph: could not find the quantizer lookup (no {forms} under "
             f"{LOOKUP_SCOPE!r}); refusing to convert it to reduced precision"
         )
     return [node.name for node in chosen]
@@ -113,7 +116,50 @@ def convert_fp16(proto: Any, keep_fp32: Iterable[str]) -> Any:
             for attribute in node.attribute:
                 if attribute.name == "to" and attribute.i == FLOAT:
                     attribute.i = FLOAT16
-    return converted
+    return drop_fp16_round_trips(converted, keep_fp32)
+
+
+def drop_fp16_round_trips(proto: Any, keep_fp32: Iterable[str]) -> Any:
+    """Remove the fp32 -> fp16 -> fp32 Cast pairs the converter puts between two kept-fp32 nodes.
+
+    onnxconverter-common casts every kept node's outputs to fp16 and its inputs back to fp32, so a
+    value passed from one lookup node to the next was rounded to fp16 on the way (the normalised
+    vector, the scores): the lookup ran on fp16 values in fp32 ops. Here a kept node's output feeds
+    the kept nodes that read it directly; the fp16 copy stays only for consumers outside the region.
+    """
+    keep_fp32 = set(keep_fp32)
+    nodes = list(proto.graph.node)
+    producer = {name: node for node in nodes for name in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {output.name for output in proto.graph.output}
+
+    def cast_to(node: Any, element_type: int) -> bool:
+        return node.op_type == "Cast" and any(a.name == "to" and a.i == element_type for a in node.attribute)
+
+    renamed: dict[str, str] = {}
+    dropped: set[int] = set()
+    for down in nodes:
+        if not cast_to(down, FLOAT16) or down.input[0] not in producer or producer[down.input[0]].name not in keep_fp32:
+            continue
+        fp32_value, fp16_value = down.input[0], down.output[0]
+        for up in readers.get(fp16_value, []):
+            if cast_to(up, FLOAT) and all(reader.name in keep_fp32 for reader in readers.get(up.output[0], [])):
+                renamed[up.output[0]] = fp32_value
+                dropped.add(id(up))
+        still_read = [r for r in readers.get(fp16_value, []) if id(r) not in dropped]
+        if not still_read and fp16_value not in graph_outputs:
+            dropped.add(id(down))
+    kept_nodes = [node for node in nodes if id(node) not in dropped]
+    for node in kept_nodes:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept_nodes)
+    return proto
 
 
 class _FeedReader:
@@ -228,7 +274,7 @@ def convert_precision(step: BuildStep) -> dict[str, Any]:
     used = set(precisions.values())
     manifest["reduced_precision"] = {
         "from": "fp32 ONNX export",
-        "kept_fp32": "quantizer lookup (normalise, MatMul, Add, ArgMax), graph inputs and outputs"
+        "kept_fp32": "quantizer lookup (all its nodes and the values between them), graph inputs and outputs"
         + (", the layer that writes the latent" if "int8" in used else ""),
         "method": "; ".join(
             method

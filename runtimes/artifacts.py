@@ -98,7 +98,19 @@ MANIFEST_SCHEMA = Obj(
         "embed_dim": Int(min=1),
         "min_token_positions": Int(min=1, max=2**16),
         "config": Obj(),
-        "lookup": Obj(optional={"code_block": Int(min=1), "code_blocks": Int(min=1), "bias": Bool(), "normalization": Str()}),
+        "lookup": Obj(
+            optional={
+                "code_block": Int(min=1),
+                "code_blocks": Int(min=1),
+                "bias": Bool(),
+                "normalization": Str(),
+                "method": Str(choices=("window", "dense")),
+                "scratch_bytes_per_vector": Int(min=1, max=2**40),
+                "window": Int(min=1),
+                "cells": Int(min=1),
+                "extra_codes": Int(min=0),
+            }
+        ),
         "shapes": Obj(
             optional={"dynamic": Bool(), "batch": Nullable(Int(min=1, max=2**20)), "image_size": Nullable(ListOf(Int(min=1, max=2**20), length=2))}
         ),

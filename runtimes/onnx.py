@@ -26,8 +26,10 @@ PROVIDERS: dict[str, list[str]] = {
 }
 
 
-# The quantizer graph holds a [vectors, codes per block] fp32 score matrix; dynamic exports are run
-# in batch chunks that keep it under this size (a single item larger than this still runs whole).
+# The quantizer lookup holds some scratch per looked-up vector (manifest["lookup"]
+# ["scratch_bytes_per_vector"]: a row of the dense [vectors, code block] score matrix, or the
+# window lookup's few candidates); dynamic exports are run in batch chunks that keep it under this
+# size (a single item larger than this still runs whole).
 LOOKUP_SCRATCH_BYTES = 256 * 2**20
 
 
@@ -106,7 +108,7 @@ class OnnxRuntime(ArtifactRuntime):
 
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Run a graph in batch chunks: a static export's fixed batch, or, for a dynamic export,
-        chunks small enough that the lookup's score matrix stays within LOOKUP_SCRATCH_BYTES."""
+        chunks small enough that the lookup's scratch stays within LOOKUP_SCRATCH_BYTES."""
         batch, _ = self.artifact.fixed_shape()
         run = lambda chunk: self._run(name, chunk)  # noqa: E731
         if batch is not None:
@@ -114,15 +116,23 @@ class OnnxRuntime(ArtifactRuntime):
         return run_in_chunks(run, value, self._lookup_batch_limit(name, value))
 
     def _lookup_batch_limit(self, name: str, value: np.ndarray) -> int:
-        """Largest batch whose fp32 score block (vectors x codes per block) fits LOOKUP_SCRATCH_BYTES."""
+        """Largest batch whose lookup scratch (vectors x scratch per vector) fits LOOKUP_SCRATCH_BYTES."""
         if name not in ("quantizer", "tokenize"):
             return max(1, value.shape[0])
         artifact = self.artifact
         factor = artifact.downsample_factor if name == "tokenize" else 1
         positions = (value.shape[2] // factor) * (value.shape[3] // factor)
-        codes_per_block = min(artifact.num_embed, int(artifact.manifest["lookup"]["code_block"]))
-        bytes_per_item = positions * artifact.num_group * codes_per_block * 4
+        bytes_per_item = positions * artifact.num_group * lookup_scratch_bytes_per_vector(artifact.manifest)
         return max(1, LOOKUP_SCRATCH_BYTES // max(1, bytes_per_item))
+
+
+def lookup_scratch_bytes_per_vector(manifest: dict[str, Any]) -> int:
+    """The lookup's scratch per looked-up vector as the manifest states it; manifests written before
+    it did (dense lookups only) give one fp32 row of the [vectors, code_block] score block."""
+    lookup = manifest.get("lookup") or {}
+    if "scratch_bytes_per_vector" in lookup:
+        return int(lookup["scratch_bytes_per_vector"])
+    return 4 * min(int(manifest["num_embed"]), int(lookup["code_block"]))
 
 
 def main() -> None:

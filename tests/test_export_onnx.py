@@ -464,8 +464,10 @@ def test_blocked_codebook_lookup_equals_eager(quantize_type, groups, dim, tmp_pa
             weight[3] = weight[70000] = weight[200000] = probes[0]  # exact tie across blocks 0, 1 and 3
             weight[262000] = probes[1] * 0.5  # the unique best for probes[1] lies in the last block
             weight[131072] = probes[2]  # the first code of a block
-    manifest = export_onnx(model, tmp_path / "big", graphs=("quantizer",), validate=False, progress=False)
-    assert manifest["lookup"]["code_blocks"] == 4
+    manifest = export_onnx(
+        model, tmp_path / "big", graphs=("quantizer",), validate=False, progress=False, lookup="dense"
+    )
+    assert manifest["lookup"]["method"] == "dense" and manifest["lookup"]["code_blocks"] == 4
     ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "big" / "quantizer.onnx")).graph.node)
     assert ops["MatMul"] == 4 and ops["ReduceMax"] == 4 and ops["ArgMax"] == 4 and ops["Greater"] == 3
 
