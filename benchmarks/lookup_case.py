@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS: tuple[str, ...] = ("eager", "blocked", "full", "onnx")
+METHODS: tuple[str, ...] = ("eager", "blocked", "full", "onnx", "onnx_dense")
 GIB = 1024**3
 
 

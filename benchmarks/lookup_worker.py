@@ -10,7 +10,9 @@ Methods:
   full     the upstream-style lookup: |x|^2 + |c|^2 - 2 x c^T as one N x V fp32 matrix, then argmin
            (IBQ: the full N x V logits x c^T, then argmax, as SEED-Voken computes them)
   onnx     the exported quantizer graph (exporters.onnx) run by runtimes.onnx on CPU (its batch
-           chunking keeps the graph's [vectors, code block] score matrix near 256 MiB)
+           chunking keeps the lookup's scratch near 256 MiB), with the lookup the exporter picks
+           (the window lookup where it is proven, d <= 2; dense otherwise)
+  onnx_dense  the same graph with the dense lookup forced (normalise, MatMul, ArgMax over all codes)
 """
 
 from __future__ import annotations
@@ -109,28 +111,32 @@ def tiny_tokenizer_with(quantizer: CodebookQuantizer) -> Any:
     return model
 
 
-def onnx_lookup(case: LookupCase, quantizer: CodebookQuantizer, workdir: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Export the quantizer graph with exporters.onnx and run it as users do: runtimes.onnx
-    (CPU, case.threads threads, its batch chunking)."""
+def onnx_lookup(
+    case: LookupCase, quantizer: CodebookQuantizer, workdir: Path, lookup: str
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """Export the quantizer graph with exporters.onnx (lookup "auto" or "dense") and run it as users
+    do: runtimes.onnx (CPU, case.threads threads, its batch chunking); also return the manifest's
+    lookup facts."""
     from exporters.onnx import export_onnx
     from runtimes import load_runtime
 
-    artifact = workdir / "quantizer-artifact"
-    export_onnx(tiny_tokenizer_with(quantizer), artifact, graphs=("quantizer",), validate=False, progress=False)
+    artifact = workdir / f"quantizer-artifact-{lookup}"
+    manifest = export_onnx(
+        tiny_tokenizer_with(quantizer), artifact, graphs=("quantizer",), validate=False, progress=False, lookup=lookup
+    )
     runtime = load_runtime("onnx", artifact, threads=case.threads)
     runtime.session("quantizer")  # created before memory is measured: the codebook constants are not lookup work
-    return lambda latent: runtime.run_graph("quantizer", latent)
+    return (lambda latent: runtime.run_graph("quantizer", latent)), manifest["lookup"]
 
 
 def matrix_gib(case: LookupCase) -> float:
-    """Size of one N x V fp32 score matrix (the full method's working set; the ONNX graph's per block)."""
+    """Size of one N x V fp32 score matrix (the full method's working set)."""
     return case.num_vectors * case.num_embed * 4 / GIB
 
 
-def onnx_block_gib(case: LookupCase) -> float:
-    from exporters.graphs import LOOKUP_CODE_BLOCK
-
-    return case.num_vectors * min(case.num_embed, LOOKUP_CODE_BLOCK) * 4 / GIB
+def graph_scratch_gib(case: LookupCase, lookup: dict[str, Any]) -> float:
+    """The exported lookup's scratch for the case's N vectors, from its manifest facts."""
+    return case.num_vectors * int(lookup["scratch_bytes_per_vector"]) / GIB
 
 
 def format_gib(size: float) -> str:
@@ -141,16 +147,11 @@ def skip_reason(case: LookupCase) -> str | None:
     """Why this method cannot run this case here (memory guard, missing exporter), or None."""
     if case.method == "full" and matrix_gib(case) > case.max_matrix_gib:
         return f"needs a {format_gib(matrix_gib(case))} N x V matrix (> --max-matrix-gib {case.max_matrix_gib:g})"
-    if case.method == "onnx":
+    if case.method in ("onnx", "onnx_dense"):
         try:
             import exporters.onnx  # noqa: F401
         except ImportError as error:
             return f"exporters.onnx is not importable ({error})"
-        if onnx_block_gib(case) > case.max_matrix_gib:
-            return (
-                f"the graph's [N, code_block] fp32 block needs {format_gib(onnx_block_gib(case))} "
-                f"(> --max-matrix-gib {case.max_matrix_gib:g})"
-            )
     return None
 
 
@@ -172,8 +173,15 @@ def run_case(case: LookupCase) -> dict[str, Any]:
             codebook = quantizer.codebook.weight.detach()
             full = full_logits_lookup if case.quantizer == "ibq" else full_matrix_lookup
             call = lambda: full(latent, codebook, case.num_group)
-        elif case.method == "onnx":
-            run_graph, latent_np = onnx_lookup(case, quantizer, Path(workdir)), latent.numpy()
+        elif case.method in ("onnx", "onnx_dense"):
+            lookup_kind = "dense" if case.method == "onnx_dense" else "auto"
+            run_graph, lookup = onnx_lookup(case, quantizer, Path(workdir), lookup_kind)
+            result["lookup"] = lookup["method"] + (f" W={lookup['window']}" if "window" in lookup else "")
+            if graph_scratch_gib(case, lookup) > case.max_matrix_gib:
+                size = format_gib(graph_scratch_gib(case, lookup))
+                return {**result, "status": "skipped", "reason": f"the graph's lookup scratch needs {size} "
+                        f"(> --max-matrix-gib {case.max_matrix_gib:g})"}
+            latent_np = latent.numpy()
             call = lambda: run_graph(latent_np)
         else:
             raise ValueError(f"unknown method {case.method!r}; choose from {', '.join(METHODS)}")

@@ -124,7 +124,7 @@ def sweep_cases(args: argparse.Namespace) -> list[LookupCase]:
 def format_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width text table, one line per case and method."""
     header = (
-        f"{'lookup':<6} {'V':>7} {'GxD':>5} {'B':>2} {'N':>6} {'method':<8} {'median ms':>10} {'min-max ms':>17} "
+        f"{'lookup':<6} {'V':>7} {'GxD':>5} {'B':>2} {'N':>6} {'method':<10} {'median ms':>10} {'min-max ms':>17} "
         f"{'extra MB':>9} {'vs full':>8} {'= exact':>8} {'max gap':>8}  note"
     )
     lines = [header, "-" * len(header)]
@@ -132,7 +132,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         group = f"{r['num_group']}x{r['group_dim']}"
         prefix = (
             f"{r.get('quantizer', 'gsq'):<6} {r['num_embed']:>7} {group:>5} {r['batch']:>2} {r['num_vectors']:>6} "
-            f"{r['method']:<8}"
+            f"{r['method']:<10}"
         )
         if r.get("status") != "ok":
             lines.append(
@@ -143,7 +143,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         speedup = f"{r['speedup_vs_full']:.1f}x" if "speedup_vs_full" in r else "-"
         lines.append(
             f"{prefix} {r['median_ms']:>10.2f} {spread:>17} {r['peak_extra_mb']:>9.1f} {speedup:>8} "
-            f"{r['agreement_vs_exact']:>8.4f} {r['max_gap_vs_exact']:>8.1e}"
+            f"{r['agreement_vs_exact']:>8.4f} {r['max_gap_vs_exact']:>8.1e}  {r.get('lookup', '')}"
         )
     return "\n".join(lines)
 

@@ -53,6 +53,17 @@ class Artifact:
     def graphs(self) -> dict[str, dict[str, Any]]:
         return self.manifest["graphs"]
 
+    @property
+    def lookup_scratch_bytes_per_vector(self) -> int:
+        """Bytes the exported lookup holds per looked-up vector (manifest["lookup"]
+        ["scratch_bytes_per_vector"]: a row of the dense score block, or the window lookup's few
+        candidates). Manifests written before that field (dense lookups only) give one fp32 row of
+        the [vectors, code_block] score block."""
+        lookup = self.manifest.get("lookup") or {}
+        if "scratch_bytes_per_vector" in lookup:
+            return int(lookup["scratch_bytes_per_vector"])
+        return 4 * min(self.num_embed, int(lookup.get("code_block", self.num_embed)))
+
     def graph_path(self, name: str) -> Path:
         """Path of a graph's file; ArtifactError when the export did not include that graph."""
         if name not in self.graphs:

@@ -127,11 +127,9 @@ def check_artifact_codes(artifact: Any, codes: np.ndarray) -> np.ndarray:
 
 def artifact_work_limit(artifact: Any, height: int, width: int, direction: Direction) -> int:
     """Most images of this size one call may take within the memory budget (gsq_core.budgets);
-    InputError when one image alone is over it. Exported lookups score a whole code block per
-    token at once, so encode counts that block too."""
-    lookup = artifact.manifest.get("lookup") or {}
-    code_block = min(artifact.num_embed, int(lookup.get("code_block", artifact.num_embed)))
-    per_token = 4 * artifact.num_group * code_block if direction == "encode" else 0
+    InputError when one image alone is over it. Encode counts the exported lookup's scratch per
+    token too (a whole code block per vector for the dense lookup, a few codes for the window one)."""
+    per_token = artifact.num_group * artifact.lookup_scratch_bytes_per_vector if direction == "encode" else 0
     config = artifact.manifest.get("config") or {}
     check_work(config, height, width, direction, lookup_bytes_per_token=per_token)
     return batch_limit(config, height, width, direction, lookup_bytes_per_token=per_token)

@@ -9,6 +9,7 @@ CLI: `python -m runtimes.onnx encode|decode --model DIR ...` (see runtimes.cli).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,40 @@ PROVIDERS: dict[str, list[str]] = {
 LOOKUP_SCRATCH_BYTES = 256 * 2**20
 
 
+# Session config entries every session gets (benchmarks/runtime_options.py measured them; numbers in
+# docs/benchmarks.md, "Runtime settings"). By default ONNX Runtime's intra-op threads spin (busy-wait)
+# for work between operators and for a while after a run returns. An artifact runs two or more
+# sessions (tokenize, detokenize, ...), each with its own pool, so alternating encode and decode on
+# 2 threads shared the cores with the other session's still-spinning threads (60% more per call than
+# the same calls in blocks), and on a busy machine spinning threads take cores from the threads doing
+# the work. With spinning off, idle threads sleep: per call the process needs about 40% less CPU time,
+# alternating costs what blocks cost, and a quiet machine loses nothing measurable.
+# force_spinning_stop keeps alternation cheap for anyone who turns spinning back on
+# (session_config={"session.intra_op.allow_spinning": "1"}).
+SESSION_CONFIG: dict[str, str] = {
+    "session.intra_op.allow_spinning": "0",
+    "session.force_spinning_stop": "1",
+}
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+
+
 class OnnxRuntime(ArtifactRuntime):
-    """An artifact directory run by ONNX Runtime; one session per graph, created on first use."""
+    """An artifact directory run by ONNX Runtime; one session per graph, created on first use.
+
+    session_config: ONNX Runtime session config entries ("session.intra_op.allow_spinning": "0", ...)
+    that replace or add to SESSION_CONFIG; graph_optimization: ORT's graph optimisation level.
+    """
 
     backend = "onnx"
 
-    def __init__(self, model_dir: str | Path, provider: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        session_config: Mapping[str, str] | None = None,
+        graph_optimization: str = "all",
+    ):
         import onnxruntime
 
         self._ort = onnxruntime
@@ -54,8 +83,14 @@ class OnnxRuntime(ArtifactRuntime):
             )
         if threads is not None and threads < 1:
             raise InputError(f"threads={threads} must be >= 1")
+        if graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise InputError(
+                f"graph optimisation {graph_optimization!r}: choose one of {', '.join(GRAPH_OPTIMIZATIONS)}"
+            )
         self.provider = provider
         self.threads = threads
+        self.session_config = {**SESSION_CONFIG, **{str(k): str(v) for k, v in (session_config or {}).items()}}
+        self.graph_optimization = graph_optimization
         self._providers = [name for name in PROVIDERS[provider] if name in available]
         self._sessions: dict[str, Any] = {}
 
@@ -67,6 +102,8 @@ class OnnxRuntime(ArtifactRuntime):
             "device": self.provider,
             "providers": self._providers,
             "threads": self.threads,
+            "graph_optimization": self.graph_optimization,
+            "session_config": dict(self.session_config),
         }
 
     def close(self) -> None:
@@ -78,11 +115,19 @@ class OnnxRuntime(ArtifactRuntime):
         if name not in self._sessions:
             path = self.artifact.graph_path(name)
             options = self._ort.SessionOptions()
-            options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            levels = self._ort.GraphOptimizationLevel
+            options.graph_optimization_level = {
+                "disable": levels.ORT_DISABLE_ALL,
+                "basic": levels.ORT_ENABLE_BASIC,
+                "extended": levels.ORT_ENABLE_EXTENDED,
+                "all": levels.ORT_ENABLE_ALL,
+            }[self.graph_optimization]
             options.log_severity_level = 3
             if self.threads is not None:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
+            for key, value in self.session_config.items():
+                options.add_session_config_entry(key, value)
             try:
                 self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self._providers)
             except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -122,17 +167,8 @@ class OnnxRuntime(ArtifactRuntime):
         artifact = self.artifact
         factor = artifact.downsample_factor if name == "tokenize" else 1
         positions = (value.shape[2] // factor) * (value.shape[3] // factor)
-        bytes_per_item = positions * artifact.num_group * lookup_scratch_bytes_per_vector(artifact.manifest)
+        bytes_per_item = positions * artifact.num_group * artifact.lookup_scratch_bytes_per_vector
         return max(1, LOOKUP_SCRATCH_BYTES // max(1, bytes_per_item))
-
-
-def lookup_scratch_bytes_per_vector(manifest: dict[str, Any]) -> int:
-    """The lookup's scratch per looked-up vector as the manifest states it; manifests written before
-    it did (dense lookups only) give one fp32 row of the [vectors, code_block] score block."""
-    lookup = manifest.get("lookup") or {}
-    if "scratch_bytes_per_vector" in lookup:
-        return int(lookup["scratch_bytes_per_vector"])
-    return 4 * min(int(manifest["num_embed"]), int(lookup["code_block"]))
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ CLI: `python -m runtimes.openvino encode|decode --model DIR ...` (see runtimes.c
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,42 @@ def import_openvino() -> Any:
     return openvino
 
 
-def compile_graph(path: Path, device: str, inference_precision: str, threads: int | None) -> Any:
-    """An OpenVINO compiled model for one IR file with an explicit inference precision."""
+# Compile properties every graph gets (benchmarks/runtime_options.py measured the choices; numbers in
+# docs/benchmarks.md, "Runtime settings"): one stream tuned for the latency of one call, which is
+# how the runtime is called (one batch at a time).
+COMPILE_CONFIG: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+
+
+def compile_graph(
+    path: Path, device: str, inference_precision: str, threads: int | None, config: Mapping[str, Any] | None = None
+) -> Any:
+    """An OpenVINO compiled model for one IR file with an explicit inference precision; `config`
+    adds to or replaces COMPILE_CONFIG."""
     openvino = import_openvino()
 
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision}
+    properties: dict[str, Any] = {**COMPILE_CONFIG, "INFERENCE_PRECISION_HINT": inference_precision}
     if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return openvino.Core().compile_model(str(path), device, config)
+        properties["INFERENCE_NUM_THREADS"] = threads
+    properties.update(config or {})
+    return openvino.Core().compile_model(str(path), device, properties)
 
 
 class OpenVinoRuntime(ArtifactRuntime):
-    """An OpenVINO IR artifact directory; one compiled model per graph, compiled on first use."""
+    """An OpenVINO IR artifact directory; one compiled model per graph, compiled on first use.
+
+    config: OpenVINO compile properties ({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, ...})
+    that add to or replace COMPILE_CONFIG (the precision hint and thread count have their own arguments).
+    """
 
     backend = "openvino"
 
     def __init__(
-        self, model_dir: str | Path, device: str = "CPU", threads: int | None = None, inference_precision: str = "f32"
+        self,
+        model_dir: str | Path,
+        device: str = "CPU",
+        threads: int | None = None,
+        inference_precision: str = "f32",
+        config: Mapping[str, Any] | None = None,
     ):
         try:
             openvino = import_openvino()
@@ -85,6 +105,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         self.device = device
         self.threads = threads
         self.inference_precision = inference_precision
+        self.config = dict(config or {})
         self._compiled: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
@@ -95,6 +116,7 @@ class OpenVinoRuntime(ArtifactRuntime):
             "inference_precision": self.inference_precision,
             "device": self.device,
             "threads": self.threads,
+            "config": {key: str(value) for key, value in self.config.items()},
         }
 
     def close(self) -> None:
@@ -106,7 +128,9 @@ class OpenVinoRuntime(ArtifactRuntime):
         if name not in self._compiled:
             path = self.artifact.graph_path(name)
             try:
-                self._compiled[name] = compile_graph(path, self.device, self.inference_precision, self.threads)
+                self._compiled[name] = compile_graph(
+                    path, self.device, self.inference_precision, self.threads, self.config
+                )
             except RuntimeError as error:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first_line}") from None

@@ -24,12 +24,13 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
 def test_quantizer_benchmark_sweep_writes_report(tmp_path):
     out = tmp_path / "quantizer.json"
     args = ["--vocab-sizes", "256", "--groups", "4x2", "--batch-sizes", "2", "--image-size", "32", "--downsample", "8"]
-    args += ["--methods", "eager,full,onnx", "--repeats", "2", "--threads", "1", "--no-progress"]
+    args += ["--methods", "eager,full,onnx,onnx_dense", "--repeats", "2", "--threads", "1", "--no-progress"]
     completed = run_module("benchmarks.quantizer", *args, "--out", str(out))
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(out.read_text())
     results = {record["method"]: record for record in report["results"]}
-    assert set(results) == {"eager", "full", "onnx"}
+    assert set(results) == {"eager", "full", "onnx", "onnx_dense"}
+    assert results["onnx"]["lookup"].startswith("window W=") and results["onnx_dense"]["lookup"] == "dense"
     for method, record in results.items():
         assert record["status"] == "ok", (method, record.get("reason"))
         assert record["num_vectors"] == 2 * 4 * 4 * 4

@@ -84,7 +84,8 @@ def test_runtime_chunks_within_the_budget_with_identical_tokens(model, onnx_dir,
     monkeypatch.setenv("GSQ_MEMORY_BUDGET", "1K")
     with pytest.raises(InputError, match="GSQ_MEMORY_BUDGET"):
         runtime.encode(images)
-    lookup = 4 * model.num_group * model.num_embed  # the exported lookup scores every code per token
+    # the exported lookup's scratch per token, as the manifest states it (window or dense lookup)
+    lookup = model.num_group * runtime.artifact.lookup_scratch_bytes_per_vector
     monkeypatch.setenv("GSQ_MEMORY_BUDGET", str(work_bytes(model.config, 32, 32, "encode", lookup)))
     assert runtime.work_limit(32, 32, "encode") == 1  # one image per graph run
     np.testing.assert_array_equal(runtime.encode(images), whole)

@@ -22,7 +22,8 @@ from exporters.onnx_precision import lookup_node_names
 from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer, load_tokenizer
 from gsq_core.fidelity import latent_to_vectors, score_gaps
 from gsq_core.model import GSQTokenizer
-from runtimes.onnx import OnnxRuntime, lookup_scratch_bytes_per_vector
+from runtimes.artifacts import Artifact
+from runtimes.onnx import OnnxRuntime
 
 GROUPS = 4
 # The proven bound is the codebook's radius/bias spread (~2e-7) plus fp32 rounding; validation allows
@@ -238,7 +239,7 @@ def test_manifest_states_the_window_plan_in_plain_values(root):
     assert lookup["method"] == "window" and lookup["extra_codes"] == 5 and lookup["bias"] is True
     assert 1 <= lookup["window"] <= WINDOW_MAX and lookup["cells"] >= 8
     assert 0 < lookup["gap_bound"] < 1e-6
-    assert lookup["scratch_bytes_per_vector"] == lookup_scratch_bytes_per_vector(manifest) < 1024
+    assert lookup["scratch_bytes_per_vector"] == Artifact(artifact, manifest).lookup_scratch_bytes_per_vector < 1024
     assert "code_blocks" not in lookup  # a dense-only fact
     for value in lookup.values():
         assert isinstance(value, (bool, int, float, str))
@@ -295,7 +296,7 @@ def test_dense_lookup_on_request_and_old_manifests(tmp_path):
     )
     assert manifest["lookup"]["method"] == "dense" and manifest["lookup"]["code_blocks"] == 1
     old = {"num_embed": 512, "lookup": {"code_block": 65536}}  # written before the field existed
-    assert lookup_scratch_bytes_per_vector(old) == 4 * 512
+    assert Artifact(tmp_path, old).lookup_scratch_bytes_per_vector == 4 * 512
 
 
 def test_lookup_nodes_of_the_window_are_found_for_reduced_precision(root):
