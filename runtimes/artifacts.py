@@ -115,7 +115,7 @@ MANIFEST_SCHEMA = Obj(
                 "code_blocks": Int(min=1),
                 "bias": Bool(),
                 "normalization": Str(),
-                "method": Str(choices=("window", "dense")),
+                "method": Str(),  # "window" | "dense" today; informational
                 "scratch_bytes_per_vector": Int(min=1, max=2**40),
                 "window": Int(min=1),
                 "cells": Int(min=1),
