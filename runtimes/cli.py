@@ -4,6 +4,8 @@
         writes `codes` (int64 [N,h,w,G], [N,h,w] for plain VQ) and `paths` (input order kept)
     decode --model M --tokens tokens.npz --output OUTDIR
         writes OUTDIR/<input stem>.png in the same order
+    decode --model M --tokens DST --output OUTDIR [--ids ID,ID...] [--limit N]
+        a gsq-tokenize output folder: writes OUTDIR/<id>.png for the chosen token grids
 
 Bad input ends in one line `error: <file>: <problem>` on stderr and exit status 2, never a traceback.
 """
@@ -82,14 +84,35 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
         save_tokens(output, codes, paths, runtime.info)
         click.echo(f"encoded {len(paths)} images -> tokens {list(codes.shape)} in {output}")
 
-    @group.command(help="Decode the token ids of a .npz file to PNG images, one per input image.")
+    @group.command(help="Decode token ids (a .npz from encode, or a gsq-tokenize folder) to PNG images.")
     @click.option("--model", required=True, help=model_help)
-    @click.option("--tokens", required=True, type=click.Path(path_type=Path), help="A .npz written by encode.")
+    @click.option(
+        "--tokens",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="A .npz written by encode, or a folder written by gsq-tokenize.",
+    )
     @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNG images.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+    @click.option("--ids", multiple=True, help="gsq-tokenize folder: only these sample ids (comma-separated, repeatable).")
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="gsq-tokenize folder: at most N grids.")
     @click.option("--overwrite", is_flag=True, help="Replace existing images in the output folder.")
     @backend_options
-    def decode(model: str, tokens: Path, output: Path, batch_size: int, overwrite: bool, **backend_kwargs: Any) -> None:
+    def decode(
+        model: str,
+        tokens: Path,
+        output: Path,
+        batch_size: int,
+        ids: tuple[str, ...],
+        limit: int | None,
+        overwrite: bool,
+        **backend_kwargs: Any,
+    ) -> None:
+        if tokens.is_dir():
+            decode_token_folder(backend, model, tokens, output, batch_size, ids, limit, overwrite, backend_kwargs)
+            return
+        if ids or limit is not None:
+            raise InputError(f"{tokens}: --ids and --limit choose samples of a gsq-tokenize folder, not of a .npz file")
         token_file = read_token_file(tokens)  # every array checked by header and content, codes not loaded
         targets = [output / f"{name}.png" for name in token_file.names]
         check_output_files(output, targets, overwrite, inputs=[tokens])
@@ -210,6 +233,68 @@ def decode_to_files(runtime: TokenizerRuntime, tokens: TokenFile, targets: list[
             for image, target in zip(images, targets[start : start + batch_size], strict=True):
                 write_image(target, image, overwrite=True)
             bar.update(images.shape[0])
+
+
+def decode_token_folder(
+    backend: str,
+    model: str,
+    folder: Path,
+    output: Path,
+    batch_size: int,
+    ids: tuple[str, ...],
+    limit: int | None,
+    overwrite: bool,
+    backend_kwargs: dict[str, Any],
+) -> None:
+    """Decode token grids of a gsq-tokenize output folder to OUTPUT/<id>.png (ids with '/' make subfolders)."""
+    from gsq_dataset.tokens import read_manifest, read_tokens
+
+    manifest = read_manifest(folder)
+    wanted = [item.strip() for value in ids for item in value.split(",") if item.strip()] or None
+    samples = list(read_tokens(folder, ids=wanted, limit=limit))
+    if wanted is not None:
+        missing = sorted(set(wanted) - {sample.id for sample in samples})
+        if missing:
+            raise InputError(f"{folder}: no token grid with id {missing[0]!r} ({len(missing)} of {len(wanted)} ids not found)")
+    if not samples:
+        raise InputError(f"{folder}: holds no token grids")
+    targets = [output / f"{safe_relative_path(sample.id, folder)}.png" for sample in samples]
+    check_output_files(output, targets, overwrite, inputs=[folder])
+    runtime = load_runtime(backend, model, **backend_kwargs)
+    info, made_with = runtime.info, manifest["tokenizer"]
+    for key in ("num_embed", "num_group", "downsample_factor"):
+        if int(made_with[key]) != int(info[key]):
+            raise InputError(f"{folder}: tokens were made with {key}={made_with[key]}, this model has {info[key]}")
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_shape.setdefault(sample.codes.shape, []).append(index)
+    factor = int(info["downsample_factor"])
+    with _progress(len(samples), "decode") as bar:
+        for indices in by_shape.values():
+            height, width = samples[indices[0]].codes.shape[:2]
+            try:
+                step = min(batch_size, runtime.work_limit(height * factor, width * factor, "decode"))
+            except InputError as error:
+                raise InputError(f"{folder}: {samples[indices[0]].id}: {error}") from None
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                codes = np.stack([samples[i].codes for i in chunk]).astype(np.int64)
+                try:
+                    images = runtime.decode(codes)
+                except InputError as error:
+                    raise InputError(f"{folder}: {samples[chunk[0]].id}: {error}") from None
+                for image, index in zip(images, chunk, strict=True):
+                    write_image(targets[index], image, overwrite=True)
+                bar.update(len(chunk))
+    click.echo(f"decoded {len(samples)} token grids from {folder} to {output}")
+
+
+def safe_relative_path(sample_id: str, folder: Path) -> str:
+    """A sample id as a relative output path; ids that would leave the output folder are refused."""
+    parts = sample_id.split("/")
+    if not sample_id or sample_id.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InputError(f"{folder}: sample id {sample_id!r} cannot name an output file (empty, absolute or '..' parts)")
+    return sample_id
 
 
 @contextmanager

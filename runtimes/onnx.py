@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -171,28 +171,32 @@ class OnnxRuntime(ArtifactRuntime):
         return max(1, LOOKUP_SCRATCH_BYTES // max(1, bytes_per_item))
 
 
-def main() -> None:
-    """`python -m runtimes.onnx encode|decode ...`."""
+MODEL_HELP = "Exported model directory (gsq-export --out)."
+
+
+def cli_options() -> list[Callable]:
+    """This backend's own options, shared by `python -m runtimes.onnx` and `gsq-tokenize --backend onnx`."""
     import click
 
+    return [
+        click.option(
+            "--provider",
+            type=click.Choice(sorted(PROVIDERS)),
+            default="cpu",
+            show_default=True,
+            help="ONNX Runtime execution provider.",
+        ),
+        click.option(
+            "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: ORT's choice)."
+        ),
+    ]
+
+
+def main() -> None:
+    """`python -m runtimes.onnx encode|decode ...`."""
     from .cli import run_cli
 
-    run_cli(
-        "onnx",
-        model_help="Exported model directory (gsq-export --out).",
-        options=[
-            click.option(
-                "--provider",
-                type=click.Choice(sorted(PROVIDERS)),
-                default="cpu",
-                show_default=True,
-                help="ONNX Runtime execution provider.",
-            ),
-            click.option(
-                "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: ORT's choice)."
-            ),
-        ],
-    )
+    run_cli("onnx", model_help=MODEL_HELP, options=cli_options())
 
 
 if __name__ == "__main__":

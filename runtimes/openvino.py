@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -154,32 +154,36 @@ class OpenVinoRuntime(ArtifactRuntime):
         return np.array(result)  # a copy: OpenVINO reuses its output buffer on the next call
 
 
-def main() -> None:
-    """`python -m runtimes.openvino encode|decode ...`."""
+MODEL_HELP = "Exported OpenVINO model directory (gsq-export --target openvino --out)."
+
+
+def cli_options() -> list[Callable]:
+    """This backend's own options, shared by `python -m runtimes.openvino` and `gsq-tokenize --backend openvino`."""
     import click
 
+    return [
+        click.option("--device", default="CPU", show_default=True, help="OpenVINO device (CPU, GPU, ...)."),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Inference threads (default: OpenVINO's choice).",
+        ),
+        click.option(
+            "--inference-precision",
+            type=click.Choice(INFERENCE_PRECISIONS),
+            default="f32",
+            show_default=True,
+            help="INFERENCE_PRECISION_HINT; f32 keeps fp32 artifacts exact on bf16-capable CPUs.",
+        ),
+    ]
+
+
+def main() -> None:
+    """`python -m runtimes.openvino encode|decode ...`."""
     from .cli import run_cli
 
-    run_cli(
-        "openvino",
-        model_help="Exported OpenVINO model directory (gsq-export --target openvino --out).",
-        options=[
-            click.option("--device", default="CPU", show_default=True, help="OpenVINO device (CPU, GPU, ...)."),
-            click.option(
-                "--threads",
-                type=click.IntRange(min=1),
-                default=None,
-                help="Inference threads (default: OpenVINO's choice).",
-            ),
-            click.option(
-                "--inference-precision",
-                type=click.Choice(INFERENCE_PRECISIONS),
-                default="f32",
-                show_default=True,
-                help="INFERENCE_PRECISION_HINT; f32 keeps fp32 artifacts exact on bf16-capable CPUs.",
-            ),
-        ],
-    )
+    run_cli("openvino", model_help=MODEL_HELP, options=cli_options())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ runtime is opened, so without it this module still loads and answers in one line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,23 +91,27 @@ class TorchRuntime(TokenizerRuntime):
         return self._torch.from_numpy(pixels).to(self.device)
 
 
-def main() -> None:
-    """`python -m runtimes.torch encode|decode ...`."""
+MODEL_HELP = "Checkpoint: flex_gen .pt, IBQ Lightning .ckpt, native .safetensors, or a named checkpoint."
+
+
+def cli_options() -> list[Callable]:
+    """This backend's own options, shared by `python -m runtimes.torch` and `gsq-tokenize --backend torch`."""
     import click
 
     from gsq_core.checkpoint_options import config_option, ema_option
 
+    return [
+        click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0."),
+        config_option,
+        ema_option,
+    ]
+
+
+def main() -> None:
+    """`python -m runtimes.torch encode|decode ...`."""
     from .cli import run_cli
 
-    run_cli(
-        "torch",
-        model_help="Checkpoint: flex_gen .pt, IBQ Lightning .ckpt, native .safetensors, or a named checkpoint.",
-        options=[
-            click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0."),
-            config_option,
-            ema_option,
-        ],
-    )
+    run_cli("torch", model_help=MODEL_HELP, options=cli_options())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -219,21 +219,23 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def main() -> None:
-    """`python -m runtimes.trt encode|decode ...`."""
+MODEL_HELP = "Exported TensorRT model directory (gsq-export --target trt --out)."
+
+
+def cli_options() -> list[Callable]:
+    """This backend's own options, shared by `python -m runtimes.trt` and `gsq-tokenize --backend trt`."""
     import click
 
+    return [
+        click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index."),
+    ]
+
+
+def main() -> None:
+    """`python -m runtimes.trt encode|decode ...`."""
     from .cli import run_cli
 
-    run_cli(
-        "trt",
-        model_help="Exported TensorRT model directory (gsq-export --target trt --out).",
-        options=[
-            click.option(
-                "--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index."
-            )
-        ],
-    )
+    run_cli("trt", model_help=MODEL_HELP, options=cli_options())
 
 
 if __name__ == "__main__":

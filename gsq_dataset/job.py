@@ -1,0 +1,401 @@
+"""One gsq-tokenize run: check everything on the driver, then read -> decode -> tokenize -> write on
+Ray Data, commit the shards, and record the run in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gsq_core.errors import GSQError, InputError
+
+from . import preprocess
+from .inputs import InputSet, find_inputs
+from .output import MANIFEST_FORMAT, MANIFEST_VERSION, CommitResult, OutputError, OutputFolder
+from .resources import WorkerPlan, plan_workers, runtime_options, uses_gpu
+
+ROWS_PER_SHARD = 4096
+
+
+@dataclass
+class TokenizeConfig:
+    """Everything a run is asked to do (the CLI's options)."""
+
+    model: str
+    inputs: list[str]
+    output: Path
+    backend: str = "torch"
+    size: int | str = 256
+    batch_size: int = 32
+    workers: int | None = None
+    threads: int | None = None
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    overwrite: bool = False
+    input_format: str = "auto"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    rows_per_shard: int = ROWS_PER_SHARD
+    connect_timeout_s: float = 30.0
+    progress: bool = True
+
+
+@dataclass
+class RunSummary:
+    """What a run did, and what DST holds afterwards."""
+
+    output: Path
+    tokenized: int  # this run
+    failed: int  # this run
+    skipped: int  # finished before this run
+    seconds: float  # the whole run, Ray start-up included
+    totals: dict[str, int]
+    commit: CommitResult
+    plan: WorkerPlan | None
+    steady_rate: float | None = None  # img/s from the first tokenized batch to the last
+
+    def lines(self) -> list[str]:
+        rate = self.tokenized / self.seconds if self.seconds > 0 else 0.0
+        steady = f", {self.steady_rate:.1f} img/s after start-up" if self.steady_rate else ""
+        return [
+            f"tokenized {self.tokenized} images this run ({rate:.1f} img/s overall{steady}), {self.failed} failed, "
+            f"{self.skipped} already done",
+            f"{self.output}: {self.totals['tokenized']} token rows in {self.totals['shards']} shards, "
+            f"{self.totals['failed']} failed samples listed in {self.output / '_failed.jsonl'}",
+        ]
+
+
+# -- the model ---------------------------------------------------------------------------------------
+def model_facts(backend: str, model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """V, G, downsampling factor, layout, precision and a checksum of the model, read on the driver.
+
+    Backends that run on the CPU are opened here once, so that a bad option or model fails before
+    Ray starts; GPU backends are checked from their files (the driver may have no GPU)."""
+    from runtimes import BACKENDS, load_runtime
+
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        from gsq_core.api import resolve_checkpoint
+        from runtimes.artifacts import file_sha256
+
+        checkpoint = resolve_checkpoint(model)
+        digest = hashlib.sha256(file_sha256(checkpoint).encode())
+        if options.get("config"):  # an IBQ Lightning checkpoint's YAML decides the architecture too
+            digest.update(file_sha256(Path(options["config"])).encode())
+        digest.update(b"ema" if options.get("ema", True) else b"raw")
+        checksum = digest.hexdigest()
+        fixed_size = None
+        if uses_gpu(backend, options):
+            from gsq_core.api import load_tokenizer
+
+            tokenizer = load_tokenizer(checkpoint, config=options.get("config"), ema=options.get("ema", True))
+            info = {
+                "precision": "fp32",
+                "num_embed": tokenizer.num_embed,
+                "num_group": tokenizer.num_group,
+                "downsample_factor": tokenizer.downsample_factor,
+                "token_layout": tokenizer.quantizer.token_layout,
+            }
+        else:
+            runtime = load_runtime(backend, model, **options)
+            info = runtime.info
+            runtime.close()
+    else:
+        from runtimes.base import open_artifact
+
+        artifact = open_artifact(model, backend)
+        checksum = hashlib.sha256(json.dumps(artifact.manifest["files"], sort_keys=True).encode()).hexdigest()
+        fixed_size = artifact.fixed_shape()[1]
+        if uses_gpu(backend, options):
+            info = {key: artifact.manifest[key] for key in ("precision", "num_embed", "num_group", "token_layout")}
+            info["downsample_factor"] = artifact.downsample_factor
+        else:
+            runtime = load_runtime(backend, model, **options)
+            info = runtime.info
+            runtime.close()
+    return {
+        "backend": backend,
+        "model": model,
+        "model_sha256": checksum,
+        "precision": str(info["precision"]),
+        "num_embed": int(info["num_embed"]),
+        "num_group": int(info["num_group"]),
+        "downsample_factor": int(info["downsample_factor"]),
+        "token_layout": str(info["token_layout"]),
+        "fixed_image_size": list(fixed_size) if fixed_size else None,
+    }
+
+
+def check_size(size: int | str, facts: dict[str, Any]) -> None:
+    """--size must be a multiple of the downsampling factor, and match a static export's image size."""
+    factor = facts["downsample_factor"]
+    if size != preprocess.NATIVE and int(size) % factor:
+        raise InputError(f"--size {size} is not a multiple of the model's downsampling factor {factor}")
+    fixed = facts["fixed_image_size"]
+    if fixed and (size == preprocess.NATIVE or [int(size), int(size)] != list(fixed)):
+        raise InputError(
+            f"{facts['model']}: a static export for {fixed[0]}x{fixed[1]} images; use --size {fixed[0]} "
+            "or re-export with --dynamic"
+        )
+
+
+# -- the manifest ------------------------------------------------------------------------------------
+def identity(facts: dict[str, Any], size: int | str, inputs: InputSet) -> dict[str, Any]:
+    """What must stay the same for two runs to write into one DST."""
+    tokenizer = {key: facts[key] for key in ("backend", "model_sha256", "precision", "num_embed", "num_group")}
+    tokenizer.update(downsample_factor=facts["downsample_factor"], token_layout=facts["token_layout"])
+    return {
+        "tokenizer": tokenizer,
+        "preprocessing": {"size": size},
+        "inputs": {"format": inputs.format, "classes": list(inputs.classes) if inputs.classes else None},
+    }
+
+
+def check_same_identity(folder: OutputFolder, manifest: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """OutputError naming the first difference between DST's runs and this one."""
+    held = manifest.get("identity", {})
+    for section, fields in wanted.items():
+        for key, value in fields.items():
+            before = held.get(section, {}).get(key)
+            if before != value:
+                what = {"model_sha256": "model (sha256)"}.get(key, key.replace("_", " "))
+                raise OutputError(
+                    f"{folder.path}: holds tokens made with {section} {what} {_short(before)}, this run has "
+                    f"{_short(value)}; choose another --output, or pass --overwrite to replace them"
+                )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
+
+
+def new_manifest(facts: dict[str, Any], size: int | str, inputs: InputSet, token_dtype: str) -> dict[str, Any]:
+    """A manifest for a new DST."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "identity": identity(facts, size, inputs),
+        "tokenizer": {**facts, "token_dtype": token_dtype},
+        "columns": {
+            "id": "string, stable across runs (see docs/tokenize.md)",
+            "label": "int64, null when unknown",
+            "tokens": f"list<{token_dtype}>: the token grid flattened row-major over "
+            + ("[token_height, token_width, G]" if facts["token_layout"] == "BHWG" else "[token_height, token_width]"),
+            "token_height": "int32",
+            "token_width": "int32",
+        },
+        "preprocessing": preprocess.describe(size),
+        "inputs": inputs.describe(),
+        "counts": {"tokenized": 0, "shards": 0, "failed": 0},
+        "runs": [],
+        "created": _now(),
+    }
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# -- the run -----------------------------------------------------------------------------------------
+def run_tokenize(config: TokenizeConfig) -> RunSummary:
+    """Tokenize config.inputs into config.output; resumes a run that was killed part-way."""
+    from .tokens import token_dtype
+
+    size = preprocess.parse_size(config.size)
+    if config.batch_size < 1:
+        raise InputError(f"--batch-size {config.batch_size} must be >= 1")
+    folder = OutputFolder(config.output)
+    inputs = find_inputs(config.inputs, config.input_format, exclude=folder.path)
+    facts = model_facts(config.backend, config.model, config.backend_options)
+    check_size(size, facts)
+    dtype_name = token_dtype(facts["num_embed"]).name
+    folder.open(config.overwrite)
+    try:
+        manifest = folder.read_manifest()
+        if manifest is None:
+            manifest = new_manifest(facts, size, inputs, dtype_name)
+        else:
+            check_same_identity(folder, manifest, identity(facts, size, inputs))
+        recovered = folder.commit_staging()  # a killed run's complete shards
+        done = folder.done_ids()
+        for earlier in manifest["runs"]:
+            if earlier.get("status") == "running":  # we hold the lock: that run was killed
+                earlier["status"] = "interrupted"
+        run = {"started": _now(), "status": "running", "inputs": inputs.describe(), "backend_options": config.backend_options}
+        manifest["runs"].append(run)
+        folder.write_manifest(manifest)
+        started = time.perf_counter()
+        plan, commit, rates = _run_on_ray(config, size, facts, inputs, folder, done)
+        seconds = time.perf_counter() - started
+        commit.dropped_partial += recovered.dropped_partial
+        totals = folder.counts()
+        run.update(
+            finished=_now(),
+            status="complete",
+            seconds=round(seconds, 2),
+            tokenized=commit.rows,
+            failed=commit.failed,
+            recovered_from_killed_runs=recovered.rows,
+            pipeline_seconds=rates.get("pipeline_seconds"),
+            steady_images_per_s=rates.get("steady_images_per_s"),
+            tokenizer_busy=rates.get("tokenizer_busy"),
+            workers=plan.describe() if plan else None,
+            ray_address=config.ray_address or "local",
+        )
+        manifest["counts"] = totals
+        manifest["updated"] = _now()
+        folder.write_manifest(manifest)
+        return RunSummary(
+            folder.path, commit.rows, commit.failed, len(done), seconds, totals, commit, plan, rates.get("steady_images_per_s")
+        )
+    finally:
+        folder.close()
+
+
+def _run_on_ray(
+    config: TokenizeConfig,
+    size: int | str,
+    facts: dict[str, Any],
+    inputs: InputSet,
+    folder: OutputFolder,
+    done: frozenset[str],
+) -> tuple[WorkerPlan, CommitResult, dict[str, float | None]]:
+    from .cluster import ray_address, ray_session
+
+    address = ray_address(config.ray_address)
+    with ray_session(address, config.num_cpus, config.connect_timeout_s) as nodes:
+        # Ray is imported only now: it reads its environment settings (set by ray_session) on import.
+        import ray
+        import ray.data
+
+        from .sources import source_dataset
+        from .stages import ProgressCounter, Tokenizer, actor_pool_args, prepare_batch
+
+        plan = plan_workers(config.backend, config.backend_options, nodes, config.workers, config.threads)
+        options, torch_threads = runtime_options(config.backend, config.backend_options, plan)
+        _quiet_ray_data()
+        dataset, todo = source_dataset(inputs, done, plan.task_cpus)
+        if dataset is None:
+            return plan, folder.commit_staging(), {}
+        run_dir = folder.new_run_dir()
+        failed_dir = str(run_dir / "failed")
+        counter = ProgressCounter.remote()
+        dataset = dataset.map_batches(
+            prepare_batch,
+            batch_format="pyarrow",
+            batch_size=config.batch_size,
+            fn_kwargs={
+                "size": size,
+                "factor": facts["downsample_factor"],
+                "failed_dir": failed_dir,
+                "counter": counter,
+            },
+            num_cpus=plan.task_cpus,
+        )
+        dataset = dataset.map_batches(
+            Tokenizer,
+            **actor_pool_args(plan, config.batch_size),
+            fn_constructor_kwargs={
+                "backend": config.backend,
+                "model": config.model,
+                "options": options,
+                "num_embed": facts["num_embed"],
+                "failed_dir": failed_dir,
+                "counter": counter,
+                "torch_threads": torch_threads,
+            },
+        )
+        pipeline_started = time.perf_counter()
+        with _Progress(counter, todo, config.progress):
+            try:
+                dataset.write_parquet(
+                    str(run_dir / "shards"),
+                    min_rows_per_file=config.rows_per_shard,
+                    ray_remote_args={"num_cpus": plan.task_cpus},
+                )
+            except Exception as error:  # Ray wraps what failed inside a task or actor
+                raise _user_error(error) from None
+        rates = {
+            "pipeline_seconds": round(time.perf_counter() - pipeline_started, 2),
+            **ray.get(counter.timings.remote(plan.workers)),
+        }
+        return plan, folder.commit_staging(), rates
+
+
+def _quiet_ray_data() -> None:
+    """Our progress line replaces Ray Data's bars and its per-run INFO logging."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _user_error(error: BaseException) -> GSQError:
+    """The GSQError inside Ray's wrappers (an actor that could not load the model...), else a one-line summary."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, GSQError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    text = str(error).strip().splitlines()
+    return GSQError(f"tokenizing failed: {type(error).__name__}: {text[0] if text else ''}")
+
+
+class _Progress:
+    """A progress line on the driver: rows tokenized, img/s, failed samples (from the ProgressCounter)."""
+
+    def __init__(self, counter: Any, total: int | None, enabled: bool, interval_s: float = 1.0):
+        self.counter, self.total, self.enabled, self.interval_s = counter, total, enabled, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import ray
+        from tqdm import tqdm
+
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=self.total,
+            unit="img",
+            desc="tokenize",
+            file=sys.stderr,
+            mininterval=self.interval_s if interactive else 10.0,
+            dynamic_ncols=True,
+        )
+        done = 0
+        try:
+            while True:
+                stopping = self._stop.wait(self.interval_s)
+                try:
+                    tokenized, failed = ray.get(self.counter.totals.remote(), timeout=10)
+                except Exception:  # the counter is gone (shutdown); keep the last numbers
+                    break
+                bar.set_postfix_str(f"failed={failed}", refresh=False)
+                bar.update(tokenized + failed - done)
+                done = tokenized + failed
+                if stopping:
+                    break
+        finally:
+            bar.close()

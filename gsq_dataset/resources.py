@@ -1,0 +1,101 @@
+"""How many tokenizer actors, and what each asks Ray for: the plan is a pure function of the backend,
+its options and the cluster's nodes, so it is tested without a GPU.
+
+CPU backends: one actor per node by default, with as many runtime threads as the node has cores.
+Ray's CPU accounting keeps READ_RESERVE_CPUS per node free for decoding, reading and writing tasks
+(each asks for TASK_CPUS), so the tokenizer never waits for input and input never waits for a CPU
+slot held by an idle actor.
+GPU backends: one actor per GPU, each asking Ray for one GPU (Ray sets CUDA_VISIBLE_DEVICES, so the
+actor's device is always its device 0) and one CPU to feed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gsq_core.errors import InputError
+
+READ_RESERVE_CPUS = 0.5  # per node, kept for the read/decode/write tasks
+TASK_CPUS = 0.25  # Ray CPUs each read/decode/write task asks for
+MIN_ACTOR_CPUS = 0.25
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """One alive Ray node's logical resources."""
+
+    cpus: float
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the tokenizer actor pool is configured with."""
+
+    workers: int  # tokenizer actors
+    cpus_per_worker: float  # Ray num_cpus of each actor
+    gpus_per_worker: float  # Ray num_gpus of each actor (0 or 1)
+    threads: int | None  # runtime threads per actor (None: the backend's own choice, GPU backends)
+    task_cpus: float  # Ray num_cpus of each read / decode / write task
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def uses_gpu(backend: str, options: dict[str, Any]) -> bool:
+    """Whether this backend with these options runs on a GPU (and so needs one per actor)."""
+    if backend == "trt":
+        return True
+    if backend == "torch":
+        return str(options.get("device") or "cpu").lower().startswith("cuda")
+    if backend == "onnx":
+        return str(options.get("provider") or "cpu").lower() in ("cuda", "tensorrt")
+    if backend == "openvino":
+        return str(options.get("device") or "CPU").upper().startswith("GPU")
+    return False
+
+
+def plan_workers(
+    backend: str,
+    options: dict[str, Any],
+    nodes: list[NodeResources],
+    workers: int | None = None,
+    threads: int | None = None,
+) -> WorkerPlan:
+    """The actor pool for this cluster; InputError when the cluster cannot host it."""
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers} must be >= 1")
+    if uses_gpu(backend, options):
+        total_gpus = int(sum(node.gpus for node in nodes))
+        if total_gpus == 0:
+            raise InputError(
+                f"the {backend} backend with these options runs on a GPU, and the Ray cluster has none "
+                "(start GPU nodes, or choose a CPU device)"
+            )
+        count = workers or total_gpus
+        if count > total_gpus:
+            raise InputError(f"--workers {count} needs {count} GPUs (one per worker); the Ray cluster has {total_gpus}")
+        return WorkerPlan(count, 1.0, 1.0, threads, TASK_CPUS)
+    cpu_nodes = [node for node in nodes if node.cpus > 0]
+    if not cpu_nodes:
+        raise InputError("the Ray cluster has no CPUs")
+    total_cpus = sum(node.cpus for node in cpu_nodes)
+    count = workers or len(cpu_nodes)
+    budget = total_cpus - READ_RESERVE_CPUS * len(cpu_nodes)
+    cpus_per_worker = max(MIN_ACTOR_CPUS, budget / count)
+    if count > 1 and cpus_per_worker > min(node.cpus for node in cpu_nodes) - READ_RESERVE_CPUS:
+        cpus_per_worker = max(MIN_ACTOR_CPUS, min(node.cpus for node in cpu_nodes) - READ_RESERVE_CPUS)
+    if threads is None:
+        threads = max(1, round(total_cpus / count))
+    return WorkerPlan(count, round(cpus_per_worker, 2), 0.0, threads, TASK_CPUS)
+
+
+def runtime_options(backend: str, options: dict[str, Any], plan: WorkerPlan) -> tuple[dict[str, Any], int | None]:
+    """(options for load_runtime in each actor, torch intra-op threads) with the plan's threads filled in."""
+    options = {key: value for key, value in options.items() if value is not None}
+    if backend == "torch":
+        return options, plan.threads if plan.gpus_per_worker == 0 else None
+    if backend in ("onnx", "openvino") and plan.threads is not None and "threads" not in options:
+        options["threads"] = plan.threads
+    return options, None
