@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from gsq_core.console import termination_unwinds
+
 from . import GRAPH_NAMES, TARGETS, ExportError, select_graphs
 from .manifest import MANIFEST_NAME, write_manifest
 from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
@@ -237,6 +239,7 @@ def source_options(options: ExportOptions, request: SourceRequest) -> ExportOpti
     )
 
 
+@termination_unwinds()  # SIGTERM / SIGHUP remove the staging and source folders, as Ctrl-C does
 def export(model: GSQTokenizer, out_dir: str | Path, target: str, options: ExportOptions | None = None) -> dict:
     """Export the model for a target into out_dir; return the manifest.
 
@@ -258,6 +261,7 @@ def export(model: GSQTokenizer, out_dir: str | Path, target: str, options: Expor
         return _build(model, SourceArtifact.read(source_dir), out_dir, spec, options)
 
 
+@termination_unwinds()
 def convert(
     model: GSQTokenizer | None,
     source_dir: str | Path,
@@ -298,7 +302,7 @@ def _build(
     model = _cpu_fp32(model) if model is not None else None
     was_training = model.training if model is not None else False
     try:
-        with staging_folder(out_dir) as staging:
+        with staging_folder(out_dir, options.overwrite) as staging:
             if model is not None:
                 model.eval()
             manifest = target.build(BuildStep(model, source, staging, options, log))

@@ -16,7 +16,7 @@ from gsq_core.checkpoint_options import checkpoint_loading_options
 from gsq_core.console import run_command
 
 from . import GRAPH_NAMES, TARGETS, ExportValidationError, target_options
-from .staging import StageLog, check_destination
+from .staging import StageLog, check_destination, destination_lock
 
 EXIT_VALIDATION_FAILED = 1  # an artifact was written but failed validation against eager
 
@@ -82,6 +82,8 @@ def export_command(
     )
     check_target(target, options)  # precisions, foreign options, missing packages: before the slow part
     check_destination(out_dir, overwrite)
+    # Held until the command ends: a second export into out_dir fails here, before loading anything.
+    click.get_current_context().with_resource(destination_lock(out_dir))
     if calib_images is not None:
         from .calibration import check_calibration_folder
 

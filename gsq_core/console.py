@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 
@@ -18,6 +22,8 @@ def run_command(command: click.Command, prog_name: str, exit_codes: dict[type[Ex
         command(standalone_mode=False, prog_name=prog_name)
     except click.exceptions.Abort:
         sys.exit(130)
+    except Terminated as signalled:
+        sys.exit(128 + signalled.signum)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
@@ -25,3 +31,35 @@ def run_command(command: click.Command, prog_name: str, exit_codes: dict[type[Ex
         click.echo(f"error: {error}", err=True)
         codes = exit_codes or {}
         sys.exit(next((code for kind, code in codes.items() if isinstance(error, kind)), EXIT_ERROR))
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived within termination_unwinds(): the work unwinds like Ctrl-C
+    (KeyboardInterrupt), so every `finally` and `with` removes what it staged; run_command then
+    exits with 128 + the signal number, as the signal itself would have."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def termination_unwinds() -> Iterator[None]:
+    """Within: SIGTERM and SIGHUP raise Terminated (main thread only; a SIGHUP that nohup set to be
+    ignored stays ignored). Outside, and in other threads, the handlers are left as they were."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for kind in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(kind) is not signal.SIG_IGN:
+            previous[kind] = signal.signal(kind, handler)
+    try:
+        yield
+    finally:
+        for kind, old in previous.items():
+            signal.signal(kind, old)
