@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gsq_core.console import termination_unwinds
+from gsq_core.console import raise_if_terminated, termination_unwinds
 from gsq_core.outputs import OutputError, writable_folder
 
 from . import ExportError, ExportValidationError
@@ -119,6 +119,7 @@ def remove_leftovers(out_dir: Path) -> None:
 def install(staging: Path, out_dir: Path) -> None:
     """Move the finished staging folder to out_dir, replacing a previous artifact directory. Refused
     when out_dir appeared (non-empty) after the lock was taken: something else wrote it meanwhile."""
+    raise_if_terminated()  # a SIGTERM whose exception was swallowed somewhere must not install
     existed = _DESTINATION_EXISTED.get(staging, True)
     if not existed and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir}: appeared while this export ran (another writer?); not replacing it")

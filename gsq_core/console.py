@@ -43,23 +43,41 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+_PENDING: list[int] = []  # signals received within termination_unwinds(), until the outermost one exits
+_DEPTH = [0]
+
+
+def raise_if_terminated() -> None:
+    """Raise Terminated if a signal arrived whose exception was swallowed on the way (Python ignores
+    exceptions raised in __del__ methods and weakref callbacks): call before committing work."""
+    if _PENDING:
+        raise Terminated(_PENDING[0])
+
+
 @contextlib.contextmanager
 def termination_unwinds() -> Iterator[None]:
     """Within: SIGTERM and SIGHUP raise Terminated (main thread only; a SIGHUP that nohup set to be
-    ignored stays ignored). Outside, and in other threads, the handlers are left as they were."""
+    ignored stays ignored), and the block cannot end normally after one arrived. Outside, and in
+    other threads, the handlers are left as they were."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
+        _PENDING.append(signum)
         raise Terminated(signum)
 
     previous = {}
     for kind in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(kind) is not signal.SIG_IGN:
             previous[kind] = signal.signal(kind, handler)
+    _DEPTH[0] += 1
     try:
         yield
+        raise_if_terminated()
     finally:
+        _DEPTH[0] -= 1
         for kind, old in previous.items():
             signal.signal(kind, old)
+        if _DEPTH[0] == 0:
+            _PENDING.clear()

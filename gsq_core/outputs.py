@@ -16,17 +16,19 @@ class OutputError(GSQError):
     """An output cannot be written where it was asked for (not writable, a folder, an input...)."""
 
 
-def writable_folder(folder: str | Path) -> Path:
+def writable_folder(folder: str | Path, label: str | Path | None = None) -> Path:
     """The nearest existing folder at or above `folder`, after proving a file can be created in it
-    (a probe file, removed at once); OutputError naming `folder` otherwise. Creates nothing else."""
+    (a probe file, removed at once); OutputError naming `label` (default: the folder) otherwise.
+    Creates nothing else."""
     folder = Path(folder)
+    label = folder if label is None else label
     probe_dir = folder
     while not probe_dir.exists():
         if probe_dir.parent == probe_dir:
             break
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise OutputError(f"{folder}: cannot be created: {probe_dir} is a file, not a folder")
+        raise OutputError(f"{label}: cannot be created: {probe_dir} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=probe_dir, prefix=".gsq-write-probe-"):
             pass
@@ -34,7 +36,7 @@ def writable_folder(folder: str | Path) -> Path:
         reason = os.strerror(error.errno) if error.errno else str(error)
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             reason += " (read-only or not yours)"
-        raise OutputError(f"{folder}: cannot write there: {reason}") from None
+        raise OutputError(f"{label}: cannot write there: creating a file in {probe_dir} fails ({reason})") from None
     return probe_dir
 
 
@@ -47,7 +49,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, inputs: Iterabl
     _refuse_inputs([path], inputs)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
-    writable_folder(path.parent)
+    writable_folder(path.parent, label=path)
     return path
 
 

@@ -127,3 +127,13 @@ def test_compare_never_replaces_a_report_without_overwrite(tmp_path):
     assert (out / "report.md").read_text() == "my notes" and files_under(out) == {"report.md"}
     result = run_cli(["benchmarks/compare.py", "--ckpt", "default", "--images", str(image), "--out", "/proc/cmp"])
     assert_one_line_error(result, "/proc/cmp")
+
+
+def test_evaluate_checks_its_json_before_loading_the_model(tmp_path):
+    image = save(tmp_path / "x.png", photo(64, 64))
+    existing = tmp_path / "report.json"
+    existing.write_text("{}")
+    for target, fragment in ((Path("/proc/report.json"), "cannot write"), (existing, "--overwrite")):
+        result = run_cli(["-m", "train.evaluate", "--size", "32", "--json", str(target), str(image)])
+        assert_one_line_error(result, str(target), fragment)
+    assert existing.read_text() == "{}"

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from gsq_core.checkpoint import atomic_write
 from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 from gsq_core.images import expand_image_paths
+from gsq_core.outputs import check_output_file
 
 from .validation import evaluate, load_validation_images
 
@@ -46,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--size", type=int, default=256, help="centre-crop side in pixels")
     parser.add_argument("--json", type=Path, help="also write the summary JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("images", nargs="+", help="image files or folders")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        if args.json:  # checked before the model loads: an unwritable path must not cost the whole run
+            check_output_file(args.json, args.overwrite)
         report = measure(args.ckpt, args.images, args.size, args.config, args.ema)
-    except GSQError as error:
+    except (GSQError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{'image':<40} {'PSNR dB':>8} {'SSIM':>7} {'usage':>7} {'perplexity':>10}")
@@ -62,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        atomic_write(args.json, lambda tmp: tmp.write_text(text + "\n"), overwrite=args.overwrite)
     return 0
 
 
