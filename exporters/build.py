@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -134,17 +133,22 @@ class SourceArtifact:
 
     @classmethod
     def read(cls, directory: str | Path) -> SourceArtifact:
+        """The artifact read as runtimes read it (schema, files inside the folder, checksums)."""
+        from runtimes.artifacts import load_artifact
+
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise ExportError(f"{directory}: no {MANIFEST_NAME}; convert an artifact directory written by gsq-export")
-        return cls(Path(directory), json.loads(path.read_text()))
+        return cls(Path(directory), load_artifact(directory).manifest)
 
     @property
     def graphs(self) -> dict[str, dict[str, Any]]:
         return self.manifest["graphs"]
 
     def graph_path(self, name: str) -> Path:
-        return self.directory / self.graphs[name]["file"]
+        from runtimes.artifacts import contained_path
+
+        return contained_path(self.directory, self.graphs[name]["file"], f"graph {name}'s file")
 
     def fixed_shape(self) -> tuple[int | None, tuple[int, int] | None]:
         """(batch, (H, W)) of a static export; (None, None) for a dynamic one."""

@@ -300,3 +300,13 @@ def test_compare_refuses_an_artifact_of_another_checkpoint(tmp_path):
                       "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / "cmp"), "--no-progress"])
     assert_one_line_error(result, "onnx-fp32", "exported from checkpoint sha256 abababababab", "re-export")
     assert not (tmp_path / "cmp" / "report.json").exists()
+
+
+def test_a_conversion_reads_its_source_artifact_like_a_runtime(artifact, tmp_path, hashed):
+    from exporters.build import convert
+
+    folder, manifest = artifact
+    outside = move_graph_outside(folder, manifest, "../../outside/tokenize.onnx")
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        convert(None, folder, tmp_path / "converted", "openvino")
+    assert os.path.realpath(outside) not in hashed and not (tmp_path / "converted").exists()
