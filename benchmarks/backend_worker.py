@@ -3,7 +3,8 @@
     python -m benchmarks.backend_worker '<json job>'
 
 The job names the backend, the model (checkpoint or artifact directory), runtime options, the images,
-the batch sizes and repeats, and where to write outputs (.npz: codes, latent, recon per image). It
+the batch sizes and repeats, where to write outputs (.npz: codes, latent, recon per image, and
+recon_reference: the decode of the reference's tokens, read from job["reference_codes"]). It
 prints one JSON line. Every backend runs under the same conditions: a fresh process, the same thread
 count, the same images, warm-up calls excluded from timings.
 """
@@ -74,6 +75,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 outputs[f"latent_{index}"] = runtime.encode_latent(image)
             except NotImplementedError:
                 has_latent = False
+    reference_codes = job.get("reference_codes")
+    if reference_codes:  # the reference's tokens through this decoder: its own fidelity, not the encoder's
+        with np.load(reference_codes) as data:
+            for index in range(len(images)):
+                outputs[f"recon_reference_{index}"] = runtime.decode(data[f"codes_{index}"])
+    else:  # the reference itself
+        for index in range(len(images)):
+            outputs[f"recon_reference_{index}"] = outputs[f"recon_{index}"]
     np.savez(job["outputs"], **outputs)
 
     timed = timing_images(images)

@@ -1,14 +1,21 @@
 """Every backend and precision against the eager PyTorch reference: fidelity and speed side by side.
 
     python benchmarks/compare.py --ckpt PATH_OR_NAME --images DIR_OR_FILES [...] \
-        --backends torch,onnx[,openvino,trt] [--precisions fp32,fp16,int8] [--batch-sizes 1,8] \
-        [--repeats N] [--threads N] [--artifacts DIR] --out DIR [--overwrite]
+        --backends torch,onnx[,openvino,trt] [--precisions fp32,fp16,int8,encoder=fp32+decoder=int8] \
+        [--batch-sizes 1,8] [--repeats N] [--threads N] [--artifacts DIR] --out DIR [--overwrite]
 
-Exports what a backend needs (or reuses --artifacts DIR/<backend>-<precision>), then measures every
-backend + precision in its own process on the same images (benchmarks/backend_worker.py). Eager
-PyTorch fp32 always runs: it is the reference. Writes DIR/report.json, DIR/report.md and
-DIR/speed_vs_fidelity.png; backends or precisions that cannot run here are listed as skipped, with
-the reason.
+A precision is one for every graph (fp32, fp16, bf16, int8) or one per part, written
+`encoder=fp32+decoder=int8` ('+' between the parts, since ',' separates the list; a part not named is
+fp32; the lookup is fp32 always), as gsq-export's --precision takes it.
+
+Exports what a backend needs (or reuses --artifacts DIR/<backend>-<precision slug>, e.g.
+onnx-encoder_fp32+decoder_int8), then measures every backend + precision in its own process on the
+same images (benchmarks/backend_worker.py). Eager PyTorch fp32 always runs: it is the reference,
+and every other backend also decodes eager's tokens, so its decoder is judged on its own. Writes
+DIR/report.json, DIR/report.md and DIR/speed_vs_fidelity.png, and ends with the fastest faithful
+path (fastest_faithful_path): the fastest backend / precision to tokenize whose every token is an
+optimal choice, and the fastest to detokenize whose PSNR against the input is within 0.3 dB of
+eager's. Backends or precisions that cannot run here are listed as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 REFERENCE = ("torch", "fp32")
+FAITHFUL_SCORE_GAP = 1e-5  # tokenize: every token within this float64 score gap of the best code
+FAITHFUL_PSNR_DROP_DB = 0.3  # detokenize: PSNR against the input at most this far below eager's
 
 
 class Unavailable(Exception):
@@ -40,6 +48,16 @@ def comma_list(text: str) -> list[str]:
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} is an empty list")
     return values
+
+
+def precision_list(text: str) -> list[str]:
+    """Canonical precision specs from `fp32,int8,encoder=fp32+decoder=int8` (exporters.precision)."""
+    from exporters.precision import canonical
+
+    try:
+        return list(dict.fromkeys(canonical(item) for item in comma_list(text)))
+    except GSQError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--precision ", "")) from None
 
 
 def positive_ints(text: str) -> list[int]:
@@ -70,11 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or directories")
     parser.add_argument("--backends", type=comma_list, default=["torch", "onnx"], help="e.g. torch,onnx,openvino,trt")
-    parser.add_argument("--precisions", type=comma_list, default=["fp32"], help="e.g. fp32,fp16,int8")
+    parser.add_argument(
+        "--precisions",
+        type=precision_list,
+        default=["fp32"],
+        help="e.g. fp32,fp16,int8,encoder=fp32+decoder=int8 (one per part: '+' between parts)",
+    )
     parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 8], help="throughput batch sizes")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed passes over the timing images")
     parser.add_argument("--threads", type=positive_int, default=2, help="intra-op threads for every backend")
-    parser.add_argument("--artifacts", type=Path, help="reuse exported artifacts from DIR/<backend>-<precision>")
+    parser.add_argument("--artifacts", type=Path, help="reuse exported artifacts from DIR/<backend>-<precision slug>")
     parser.add_argument("--out", type=Path, required=True, help="report directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report (and exports in --out)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,7 +115,7 @@ def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: 
         if precision != "fp32":
             raise Unavailable("the torch runtime is the fp32 eager reference; it has no reduced precisions")
         return Path(args.ckpt_path)
-    name = f"{backend}-{precision}"
+    name = artifact_name(backend, precision)
     if args.artifacts is not None:
         for candidate in (args.artifacts / name, args.artifacts):
             if _manifest_matches(candidate, backend, precision, args):
@@ -103,14 +126,23 @@ def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: 
     return _export(backend, precision, model, exported, args)
 
 
+def artifact_name(backend: str, precision: str) -> str:
+    """The folder name of one backend + precision export: onnx-int8, onnx-encoder_fp32+decoder_int8."""
+    from exporters.precision import PrecisionPlan
+
+    return f"{backend}-{PrecisionPlan.parse(precision).slug}"
+
+
 def _manifest_matches(directory: Path, backend: str, precision: str, args: argparse.Namespace) -> bool:
     """Whether directory holds a backend + precision export; GSQError when it holds one of another checkpoint."""
     from runtimes.artifacts import load_artifact
 
     if not (directory / "manifest.json").is_file():
         return False
+    from exporters.precision import canonical
+
     manifest = load_artifact(directory, verify_checksums=False).manifest
-    if manifest.get("target") != backend or manifest.get("precision") != precision:
+    if manifest.get("target") != backend or canonical(manifest.get("precision", "")) != precision:
         return False
     source = (manifest.get("source") or {}).get("sha256")
     if source != args.ckpt_sha256:
@@ -263,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [REFERENCE] + [(b, p) for b in args.backends for p in args.precisions if (b, p) != REFERENCE]
     if args.artifacts is not None:  # an artifact of another checkpoint is refused before anything is measured
         for backend, precision in pairs:
-            for candidate in (args.artifacts / f"{backend}-{precision}", args.artifacts):
+            for candidate in (args.artifacts / artifact_name(backend, precision), args.artifacts):
                 _manifest_matches(candidate, backend, precision, args)
     skipped: list[dict[str, str]] = []
     results: list[dict[str, Any]] = []
@@ -279,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 skipped.append({"backend": backend, "precision": precision, "reason": str(reason)})
                 progress.update()
                 continue
-            outputs_path = Path(workdir) / f"{backend}-{precision}.npz"
+            outputs_path = Path(workdir) / f"{artifact_name(backend, precision)}.npz"
             job = {
                 "backend": backend,
                 "model": str(target),
@@ -289,6 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_sizes": args.batch_sizes,
                 "repeats": args.repeats,
                 "outputs": str(outputs_path),
+                # every backend also decodes eager's tokens: its decoder judged on its own
+                "reference_codes": str(Path(workdir) / "reference_codes.npz") if reference_outputs else None,
             }
             worker = run_worker(job)
             progress.update()
@@ -300,6 +334,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outputs = load_outputs(outputs_path, len(paths))
             if (backend, precision) == REFERENCE:
                 reference_outputs, reference_worker = outputs, worker
+                codes = {f"codes_{index}": value for index, value in enumerate(outputs["codes"])}
+                np.savez(Path(workdir) / "reference_codes.npz", **codes)
             quality = fidelity(outputs, reference_outputs, inputs, spec)
             extra["artifact_mb"] = directory_mb(target)
             results.append(result_record(backend, precision, worker, quality, reference_worker, extra))
@@ -343,6 +379,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "results": results,
         "skipped": skipped,
+        "fastest_faithful_path": fastest_faithful_path(results),
+    }
+
+
+def fastest_faithful_path(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """For tokenizing, the fastest backend / precision (p50 at batch 1) whose every token is an
+    optimal choice (float64 score gap <= 1e-5); for detokenizing, the fastest whose PSNR against the
+    input, decoding eager's tokens, is at most 0.3 dB below eager's. None where nothing qualifies."""
+    reference = next((r for r in results if (r["backend"], r["precision"]) == REFERENCE), None)
+    eager_psnr = reference["detokenize_psnr_vs_input_db"] if reference else None
+    tokenizers = [r for r in results if r.get("max_score_gap") is not None and r["max_score_gap"] <= FAITHFUL_SCORE_GAP]
+    detokenizers = [
+        r
+        for r in results
+        if eager_psnr is not None
+        and r.get("detokenize_psnr_vs_input_db") is not None
+        and r["detokenize_psnr_vs_input_db"] >= eager_psnr - FAITHFUL_PSNR_DROP_DB
+    ]
+    tokenize = min(tokenizers, key=lambda r: r["encode_ms_p50"], default=None)
+    detokenize = min(detokenizers, key=lambda r: r["decode_ms_p50"], default=None)
+    return {
+        "criteria": {
+            "tokenize": f"every token an optimal choice (score gap <= {FAITHFUL_SCORE_GAP:g})",
+            "detokenize": f"PSNR vs input (eager's tokens) within {FAITHFUL_PSNR_DROP_DB} dB of eager's",
+        },
+        "tokenize": None
+        if tokenize is None
+        else {
+            "backend": tokenize["backend"],
+            "precision": tokenize["precision"],
+            "encode_ms_p50": tokenize["encode_ms_p50"],
+            "speedup_vs_eager": tokenize["speedup_vs_eager"],
+            "max_score_gap": tokenize["max_score_gap"],
+        },
+        "detokenize": None
+        if detokenize is None
+        else {
+            "backend": detokenize["backend"],
+            "precision": detokenize["precision"],
+            "decode_ms_p50": detokenize["decode_ms_p50"],
+            "speedup_vs_eager": detokenize["decode_speedup_vs_eager"],
+            "psnr_vs_input_db": detokenize["detokenize_psnr_vs_input_db"],
+            "psnr_drop_db": eager_psnr - detokenize["detokenize_psnr_vs_input_db"],
+        },
     }
 
 

@@ -37,13 +37,13 @@ from gsq_core.console import termination_unwinds
 
 from . import GRAPH_NAMES, TARGETS, ExportError, select_graphs
 from .manifest import MANIFEST_NAME, write_manifest
+from .precision import LOOKUP_GRAPHS, LOOKUP_PRECISION, PRECISIONS, PrecisionPlan, canonical
 from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
-from .validation import Tolerances, summary_line, validate_graphs
+from .validation import summary_line, validate_graphs
 
 if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_OPSET = 17
 LOOKUP_CODE_BLOCK = 65536  # codes per lookup block in the graphs (exporters.graphs says why)
 
@@ -64,13 +64,15 @@ def flag(default: Any, name: str, help: str, type: Any = None) -> Any:  # noqa: 
 class ExportOptions:
     """What every target takes; gsq-export's common flags map onto it one to one.
 
-    precision applies to every graph; graph_precisions gives single graphs their own (the build
-    steps and validation ask `precision_for(graph)`). target_options holds the target's own typed
-    options (e.g. exporters.tensorrt.TensorRTOptions); a target gets its defaults when absent.
+    precision: one precision for every graph ("int8") or one per part ("encoder=fp32,decoder=int8",
+    or a PrecisionPlan); stored as its canonical spec string, read per graph with `precision_for`
+    (exporters.precision: the quantizer lookup is fp32 in every build, fused graphs follow their
+    parts). tolerance_overrides: gsq-export's threshold flags, applied to every reduced-precision
+    graph's tolerances. target_options holds the target's own typed options (e.g.
+    exporters.tensorrt.TensorRTOptions); a target gets its defaults when absent.
     """
 
-    precision: str = "fp32"
-    graph_precisions: Mapping[str, str] = field(default_factory=dict)
+    precision: str | PrecisionPlan = "fp32"
     opset: int = DEFAULT_OPSET
     dynamic: bool = True
     image_size: tuple[int, int] | None = None
@@ -80,7 +82,7 @@ class ExportOptions:
     lookup: str = "auto"  # "auto": the window lookup where proven (d <= 2), else dense; "dense" (exporters.graphs)
     validate: bool = True
     calib_images: Path | None = None
-    tolerances: Tolerances | None = None  # reduced precisions' warning thresholds, overridden
+    tolerance_overrides: Mapping[str, float] = field(default_factory=dict)
     overwrite: bool = False
     progress: bool = True
     source: dict[str, Any] | None = None  # the checkpoint's facts for the manifest
@@ -88,20 +90,21 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "graphs", tuple(select_graphs(self.graphs)))
-        object.__setattr__(self, "graph_precisions", dict(self.graph_precisions))
+        object.__setattr__(self, "precision", canonical(self.precision))  # ExportError for a bad spec
+        object.__setattr__(self, "tolerance_overrides", dict(self.tolerance_overrides))
         if self.calib_images is not None:
             object.__setattr__(self, "calib_images", Path(self.calib_images))
-        for name, precision in {"(all graphs)": self.precision, **self.graph_precisions}.items():
-            if precision not in PRECISIONS:
-                raise ExportError(f"precision {precision!r} for {name} is unknown; choose from {', '.join(PRECISIONS)}")
-        if self.graph_precisions:
-            select_graphs(self.graph_precisions)  # unknown graph names fail here
         if self.lookup not in ("auto", "dense"):
             raise ExportError(f"unknown lookup {self.lookup!r}; choose auto or dense")
 
+    @property
+    def plan(self) -> PrecisionPlan:
+        """The precision of each part (encoder, decoder; the lookup is fp32)."""
+        return PrecisionPlan.parse(self.precision)
+
     def precision_for(self, graph: str) -> str:
         """The precision one graph is built in."""
-        return self.graph_precisions.get(graph, self.precision)
+        return self.plan.for_graph(graph)
 
     @property
     def precisions(self) -> set[str]:
@@ -115,13 +118,15 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class SourceRequest:
-    """The artifact a target is converted from: a target and precision(s), built with this skeleton."""
+    """The artifact a target is converted from: a target and precision spec, built with this skeleton."""
 
     target: str
-    precision: str
-    graph_precisions: Mapping[str, str] = field(default_factory=dict)
+    precision: str | PrecisionPlan
     validate: bool = False  # validate the source itself (Triton serves it as it is)
     graphs: tuple[str, ...] | None = None  # None: the graphs asked for
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", canonical(self.precision))
 
 
 @dataclass(frozen=True)
@@ -213,10 +218,12 @@ def check_target(name: str, options: ExportOptions) -> Target:
     """The target, after refusing what it cannot build here (precision, foreign options, packages),
     for it and, recursively, for the artifact it is converted from."""
     target = load_target(name)
-    unsupported = sorted(options.precisions - set(target.precisions), key=PRECISIONS.index)
+    plan = options.plan
+    unsupported = sorted({plan.encoder, plan.decoder} - set(target.precisions), key=PRECISIONS.index)
     if unsupported:
+        parts = plan.parts_in(unsupported[0])
         raise ExportError(
-            f"--precision {unsupported[0]} is not available for --target {name} "
+            f"--precision {unsupported[0]} (the {' and '.join(parts)}) is not available for --target {name} "
             f"(choose {', '.join(target.precisions)})"
         )
     for value in options.target_options:
@@ -235,7 +242,6 @@ def source_options(options: ExportOptions, request: SourceRequest) -> ExportOpti
     return replace(
         options,
         precision=request.precision,
-        graph_precisions=request.graph_precisions,
         validate=request.validate and options.validate,
         graphs=request.graphs or options.graphs,
         overwrite=False,
@@ -281,7 +287,7 @@ def convert(
     if request is None:
         raise ExportError(f"--target {target} --precision {options.precision} is traced from the model, not converted")
     found = (source.manifest.get("target"), source.manifest.get("precision"))
-    if found != (request.target, request.precision):
+    if found != (request.target, request.precision):  # both canonical spec strings
         raise ExportError(
             f"{source_dir}: --target {target} --precision {options.precision} converts a {request.target} "
             f"{request.precision} artifact, found {found[0]} {found[1]}"
@@ -310,6 +316,7 @@ def _build(
             if model is not None:
                 model.eval()
             manifest = target.build(BuildStep(model, source, staging, options, log))
+            record_precisions(manifest, options.plan)
             if target.runtime is not None:
                 manifest["validation"] = None
             if validating:
@@ -321,6 +328,26 @@ def _build(
             model.train(was_training)
     raise_if_failed(manifest)
     return manifest
+
+
+def record_precisions(manifest: dict[str, Any], plan: PrecisionPlan) -> None:
+    """The precision facts runtimes read, written the same way for every target: the spec string
+    (`precision`), each part's (`precisions`), each graph's (`graphs.<name>.precision`), and
+    `lookup_precision` on the graphs that hold the codebook lookup."""
+    manifest["precision"] = str(plan)
+    manifest["precisions"] = plan.to_manifest()
+    for name, entry in manifest["graphs"].items():
+        entry["precision"] = plan.for_graph(name)
+        if name in LOOKUP_GRAPHS:
+            entry["lookup_precision"] = LOOKUP_PRECISION
+        else:
+            entry.pop("lookup_precision", None)
+
+
+def composed_calls(graphs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The runtime calls no single graph answers (encode as encoder + quantizer, when there is no
+    fused tokenize): validation runs them through the runtime too."""
+    return ("encode",) if "tokenize" not in graphs and {"encoder", "quantizer"} <= set(graphs) else ()
 
 
 def validate_staged(
@@ -354,10 +381,10 @@ def validate_staged(
             [specs[name] for name in manifest["graphs"]],
             runtime,
             batches,
-            options.precision,
+            options.plan,
             image_names=[name for name, _ in photos],
-            tolerances=options.tolerances,
-            graph_precisions=options.graph_precisions,
+            tolerance_overrides=options.tolerance_overrides,
+            paths=composed_calls(manifest["graphs"]),
         )
         info = runtime.info
     finally:

@@ -117,7 +117,7 @@ def print_summary(manifest: dict[str, Any], out_dir: Path) -> None:
     validation = manifest.get("validation") or {}
     results = validation.get("graphs", {})
     table = Table(title=f"{manifest['target']} export -> {out_dir} ({manifest['precision']})")
-    for column in ("graph", "inputs", "outputs", "MB", "against eager", "status"):
+    for column in ("graph", "precision", "inputs", "outputs", "MB", "against eager", "status"):
         table.add_column(column, justify="right" if column == "MB" else "left")
     for name, entry in manifest["graphs"].items():
         result = results.get(name)
@@ -126,13 +126,29 @@ def print_summary(manifest: dict[str, Any], out_dir: Path) -> None:
         )
         table.add_row(
             entry["file"],
+            _precision_text(entry),
             _io_text(entry["inputs"]),
             _io_text(entry["outputs"]),
             f"{manifest['files'][entry['file']]['size'] / 1e6:.1f}",
             _fidelity_text(result) if result else "-",
             status,
         )
+    for name, result in validation.get("paths", {}).items():
+        table.add_row(
+            f"({name})", result.get("precision", ""), "", "", "", _fidelity_text(result),
+            "[green]pass[/green]" if result["passed"] else "[red]FAIL[/red]",
+        )  # fmt: skip
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _precision_text(entry: dict[str, Any]) -> str:
+    """A graph's precision, with its fp32 lookup and its OpenVINO hint where it has them."""
+    text = entry.get("precision", "")
+    if entry.get("lookup_precision") and entry.get("lookup_precision") != text:
+        text += f" (lookup {entry['lookup_precision']})"
+    if entry.get("inference_precision"):
+        text += f", hint {entry['inference_precision']}"
+    return text
 
 
 def _io_text(tensors: list[dict[str, Any]]) -> str:
@@ -150,7 +166,9 @@ def _fidelity_text(result: dict[str, Any]) -> str:
     if "token_agreement" in result:
         return f"tokens {result['token_agreement']:.2%} same, max gap {result['max_score_gap']:.1e}"
     psnr_db = result.get("recon_psnr_db")
-    return "recon identical" if psnr_db is None else f"recon PSNR {psnr_db:.1f} dB"
+    text = "recon identical" if psnr_db is None else f"recon PSNR {psnr_db:.1f} dB"
+    drop = result.get("psnr_vs_input_drop_db")
+    return text if drop is None else f"{text}, vs input {-drop:+.2f} dB"
 
 
 def main() -> None:

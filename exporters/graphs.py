@@ -10,6 +10,7 @@ symbolic in the exported graph (validation runs other shapes than the traced one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,7 +21,7 @@ from gsq_core.model import GSQTokenizer
 
 from . import GRAPH_NAMES  # noqa: F401  (also importable from here, as before)
 from .lookup_graph import LookupPlan, WindowLookup, graph_normalize, plan_lookup
-from .validation import TOLERANCES, Tolerances
+from .validation import Tolerances, tolerances_for
 
 # Codes per lookup block: the graph never holds more than [N, LOOKUP_CODE_BLOCK] fp32 scores.
 LOOKUP_CODE_BLOCK = 65536
@@ -203,12 +204,10 @@ class GraphSpec:
     # fp32's tolerances (every token an optimal choice) whatever the build's precision.
     exact_lookup: bool = False
 
-    def tolerances(self, precision: str, overrides: Tolerances | None = None) -> Tolerances:
-        """The tolerances this graph is validated with in a build of `precision` (overrides: the
+    def tolerances(self, precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances:
+        """The tolerances this graph is validated with when built in `precision` (overrides: the
         reduced precisions' thresholds set by gsq-export's flags)."""
-        if self.exact_lookup or precision == "fp32":
-            return TOLERANCES["fp32"]
-        return overrides or TOLERANCES[precision]
+        return tolerances_for(precision, overrides, exact_lookup=self.exact_lookup)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,31 @@ def lookup_node_names(graph_name: str, proto: Any) -> list[str]:
     return [node.name for node in chosen]
 
 
+CODEBOOK = "codebook"  # the decoder graphs' raw codebook initializer (exporters.graphs.DecoderGraph)
+
+
+def codebook_gather_names(graph_name: str, proto: Any) -> list[str]:
+    """The Gather that reads the raw codebook in front of the decoder, kept fp32 in every precision.
+
+    Empty for graphs without a decoder; ExportError when a decoder graph has none, so a renamed
+    codebook cannot silently round the gathered code vectors.
+    """
+    if graph_name not in ("decoder", "detokenize"):
+        return []
+    chosen = [node.name for node in proto.graph.node if node.op_type == "Gather" and node.input[0] == CODEBOOK]
+    if not chosen:
+        raise ExportError(
+            f"{graph_name} graph: could not find the Gather of the {CODEBOOK!r} initializer; "
+            "refusing to convert it to reduced precision"
+        )
+    return chosen
+
+
+def fp32_node_names(graph_name: str, proto: Any) -> list[str]:
+    """Every node a reduced-precision build keeps fp32: the lookup, and the codebook gather."""
+    return lookup_node_names(graph_name, proto) + codebook_gather_names(graph_name, proto)
+
+
 def latent_producer_names(graph_name: str, proto: Any) -> list[str]:
     """The node that writes the latent (the encoder's last layer), kept fp32 in int8 builds.
 
@@ -256,7 +281,7 @@ def convert_precision(step: BuildStep) -> dict[str, Any]:
         source_path = source.graph_path(name)
         target_path = staging / entry["file"]
         proto = onnx.load(str(source_path))
-        keep = lookup_node_names(name, proto)
+        keep = fp32_node_names(name, proto)
         log.start()
         if precision == "fp32" or len(keep) == len(proto.graph.node):
             shutil.copyfile(source_path, target_path)  # fp32, or the lookup and nothing else: stays fp32
@@ -266,15 +291,15 @@ def convert_precision(step: BuildStep) -> dict[str, Any]:
             keep = keep + latent_producer_names(name, proto)
             quantize_int8(source_path, target_path, keep, feeds[entry["inputs"][0]["name"]])
         onnx.checker.check_model(str(target_path), full_check=True)
-        entry.update(precision=precision, fp32_nodes=len(keep))
+        entry.update(fp32_nodes=len(keep))
         manifest["graphs"][name] = entry
-        log.done(f"converted {entry['file']} to {precision} ({len(keep)} lookup / latent nodes kept fp32)")
-    manifest["precision"] = options.precision
+        kept = f"{len(keep)} lookup / latent / codebook nodes kept fp32"
+        log.done(f"converted {entry['file']} to {precision} ({kept})" if precision != "fp32" else f"copied {entry['file']} (fp32)")
     manifest["files"] = {entry["file"]: file_checksum(staging / entry["file"]) for entry in manifest["graphs"].values()}
     used = set(precisions.values())
     manifest["reduced_precision"] = {
         "from": "fp32 ONNX export",
-        "kept_fp32": "quantizer lookup (all its nodes and the values between them), graph inputs and outputs"
+        "kept_fp32": "quantizer lookup (all its nodes and the values between them), codebook gather, graph inputs and outputs"
         + (", the layer that writes the latent" if "int8" in used else ""),
         "method": "; ".join(
             method

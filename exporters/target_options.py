@@ -10,23 +10,24 @@ the typed pieces of ExportOptions and refuses flags that belong to another targe
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from . import TARGETS, ExportError
-from .build import PRECISIONS, option_fields
-from .validation import TOLERANCES, Tolerances
+from .build import option_fields
+from .precision import PRECISIONS, PrecisionPlan
 
 _COMMON: list[Callable] = [
     click.option(
         "--precision",
-        type=click.Choice(PRECISIONS),
         default="fp32",
         show_default=True,
-        help="Numeric precision; the quantizer lookup stays fp32 in all of them.",
+        help=(
+            f"Numeric precision ({', '.join(PRECISIONS)}) of every graph, or one per part: "
+            "encoder=fp32,decoder=int8 (a part not named is fp32). The quantizer lookup is fp32 in all of them."
+        ),
     ),
     click.option(
         "--min-token-agreement",
@@ -45,6 +46,12 @@ _COMMON: list[Callable] = [
         type=float,
         default=None,
         help="Reduced precisions: warn below this reconstruction PSNR against eager (dB).",
+    ),
+    click.option(
+        "--max-input-psnr-drop",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Reduced precisions: warn when a decoder's PSNR against the input images is this far below eager's (dB).",
     ),
 ]
 
@@ -98,12 +105,13 @@ def click_options(command: Callable) -> Callable:
 
 
 def export_options(target: str, values: dict[str, Any]) -> dict[str, Any]:
-    """precision, tolerances and target_options for ExportOptions, from gsq-export's flag values.
+    """precision, tolerance_overrides and target_options for ExportOptions, from gsq-export's flag values.
 
-    Refuses, before any work: options of another target, threshold flags on fp32.
+    Refuses, before any work: a bad --precision, options of another target, threshold flags on fp32.
     """
     from .build import load_target
 
+    plan = PrecisionPlan.parse(values["precision"])
     spec = load_target(target)
     chosen = []
     for kind in target_option_types():
@@ -119,25 +127,24 @@ def export_options(target: str, values: dict[str, Any]) -> dict[str, Any]:
             raise ExportError(f"{first} is a {kind.OWNER} option; use it with {kind.USE_WITH}")
         chosen.append(kind(**given))
     return {
-        "precision": values["precision"],
-        "tolerances": _tolerances(values["precision"], values),
+        "precision": str(plan),
+        "tolerance_overrides": _tolerance_overrides(plan, values),
         "target_options": tuple(chosen),
     }
 
 
-def _tolerances(precision: str, values: dict[str, Any]) -> Tolerances | None:
-    """The precision's default tolerances with the flags' overrides; None when no flag is given."""
+def _tolerance_overrides(plan: PrecisionPlan, values: dict[str, Any]) -> dict[str, float]:
+    """The threshold flags given, for every reduced-precision graph's tolerances."""
     overrides = {
         "min_token_agreement": values.get("min_token_agreement"),
         "max_latent_relative_error": values.get("max_latent_error"),
         "min_recon_psnr_db": values.get("min_recon_psnr"),
+        "max_input_psnr_drop_db": values.get("max_input_psnr_drop"),
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if not overrides:
-        return None
-    if precision == "fp32":
+    if overrides and plan.single == "fp32":
         raise ExportError(
-            "--min-token-agreement / --max-latent-error / --min-recon-psnr set warning thresholds of "
+            "--min-token-agreement / --max-latent-error / --min-recon-psnr / --max-input-psnr-drop set warning thresholds of "
             "reduced precisions; fp32 is held to fixed tolerances"
         )
-    return replace(TOLERANCES[precision], **overrides)
+    return overrides

@@ -38,7 +38,7 @@ from . import ExportError
 from .build import BuildStep, ExportOptions, SourceRequest, Target, export, flag
 from .calibration import multiple_of
 from .manifest import file_checksum
-from .onnx_precision import lookup_node_names
+from .onnx_precision import fp32_node_names
 from .tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
 
 TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -173,7 +173,7 @@ def build_engines(step: BuildStep) -> dict[str, Any]:
         log.start()
         precision = options.precision_for(name)
         proto = onnx.load(str(source.graph_path(name)))
-        keep_fp32 = lookup_node_names(name, proto)
+        keep_fp32 = fp32_node_names(name, proto)
         prepared = prepare_for_tensorrt(proto)
         problems = tensorrt_problems(prepared)
         if problems:
@@ -204,7 +204,6 @@ def build_engines(step: BuildStep) -> dict[str, Any]:
         log.done(f"built {engine_name} ({size_mb:.1f} MB, {precision}, {layers_fp32} lookup layers fp32)")
     name, capability = cuda_device_facts(0)
     manifest["target"] = "trt"
-    manifest["precision"] = options.precision
     manifest["tensorrt"] = {
         "version": trt.__version__,
         "gpu": name,
@@ -344,12 +343,9 @@ def _polygraphy_version() -> dict[str, str]:
 
 
 def _source(options: ExportOptions) -> SourceRequest:
-    """fp16 / bf16 engines are made by TensorRT from the fp32 graphs; int8 from the QDQ graphs."""
-    def onnx_precision(precision: str) -> str:
-        return "int8" if precision == "int8" else "fp32"
-
-    per_graph = {graph: onnx_precision(value) for graph, value in options.graph_precisions.items()}
-    return SourceRequest("onnx", onnx_precision(options.precision), per_graph)
+    """fp16 / bf16 engines are made by TensorRT from the fp32 graphs; int8 from the QDQ graphs (per
+    part: a mixed build's encoder and decoder each from the graphs of their own precision)."""
+    return SourceRequest("onnx", options.plan.map(lambda precision: "int8" if precision == "int8" else "fp32"))
 
 
 def _check(options: ExportOptions) -> None:

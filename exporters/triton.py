@@ -165,20 +165,19 @@ def _source(options: ExportOptions) -> SourceRequest:
     """The onnx (or trt) artifact of the served graphs at the precision, validated by its own runtime."""
     triton = options.options_of(TritonOptions)
     served = tuple(name for name in options.graphs if name in SERVED_GRAPHS) or SERVED_GRAPHS
-    return SourceRequest(
-        triton.source_target, options.precision, options.graph_precisions, validate=True, graphs=served
-    )
+    return SourceRequest(triton.source_target, options.precision, validate=True, graphs=served)
 
 
 def _check(options: ExportOptions) -> None:
     """Precisions and options the chosen Triton backend has no build for."""
     triton = options.options_of(TritonOptions)
     source = load_target(triton.source_target)
-    unsupported = sorted(options.precisions - set(source.precisions))
+    plan = options.plan
+    unsupported = sorted({plan.encoder, plan.decoder} - set(source.precisions))
     if unsupported:
         raise ExportError(
-            f"--precision {unsupported[0]} is not available for --target triton with --triton-backend "
-            f"{triton.backend} (choose {', '.join(source.precisions)})"
+            f"--precision {unsupported[0]} (the {' and '.join(plan.parts_in(unsupported[0]))}) is not available "
+            f"for --target triton with --triton-backend {triton.backend} (choose {', '.join(source.precisions)})"
         )
     if triton.backend != "tensorrt" and any(isinstance(value, TensorRTOptions) for value in options.target_options):
         raise ExportError("TensorRT options (--min-shape, --workspace-mb, ...) need --target trt or --triton-backend tensorrt")

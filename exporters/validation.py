@@ -11,13 +11,15 @@ graph by name. Importing this module does not import torch (gsq-export's options
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gsq_core.comparator import NEAR_TIE_MARGIN, Comparator, Mismatch
+
+from .precision import PrecisionPlan
 
 if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer
@@ -30,6 +32,8 @@ class Tolerances:
     max_score_gap: float = 1e-5  # every token an optimal choice (float64 score gap on the eager latent)
     max_latent_relative_error: float = 1e-4  # max |latent - eager| / max |eager latent|
     min_recon_psnr_db: float = 60.0  # every decoded image against eager's decode of the same codes
+    # decoders: mean PSNR against the input images, below eager's decode of the same codes (dB)
+    max_input_psnr_drop_db: float = float("inf")
     min_token_agreement: float = 0.0  # share of tokens identical to eager fp32
     near_tie_margin: float = NEAR_TIE_MARGIN  # disagreements whose eager score margin is below this are rounding
     warn_only: bool = False  # misses become report["warnings"] (reduced precisions), except errors / NaN
@@ -37,13 +41,16 @@ class Tolerances:
 
 # Tolerances by precision. Reduced precisions keep the lookup in fp32: the graph that is the lookup
 # alone (GraphSpec.exact_lookup) is held to fp32's tolerances in every build; the limits below,
-# for the graphs with reduced-precision layers, only warn.
+# for the graphs with reduced-precision layers, only warn. Each graph is judged at its own
+# precision (exporters.precision): encoders by latent error, token agreement and margins, decoders
+# by PSNR against eager and against the input images.
 TOLERANCES: dict[str, Tolerances] = {
     "fp32": Tolerances(),
     "fp16": Tolerances(
         max_score_gap=float("inf"),
         max_latent_relative_error=1e-2,
         min_recon_psnr_db=40.0,
+        max_input_psnr_drop_db=0.1,
         min_token_agreement=0.95,
         warn_only=True,
     ),
@@ -51,6 +58,7 @@ TOLERANCES: dict[str, Tolerances] = {
         max_score_gap=float("inf"),
         max_latent_relative_error=5e-2,
         min_recon_psnr_db=30.0,
+        max_input_psnr_drop_db=0.3,
         min_token_agreement=0.80,
         warn_only=True,
     ),
@@ -58,10 +66,23 @@ TOLERANCES: dict[str, Tolerances] = {
         max_score_gap=float("inf"),
         max_latent_relative_error=1e-1,
         min_recon_psnr_db=25.0,
+        max_input_psnr_drop_db=0.3,
         min_token_agreement=0.50,
         warn_only=True,
     ),
 }
+OVERRIDABLE = ("min_token_agreement", "max_latent_relative_error", "min_recon_psnr_db", "max_input_psnr_drop_db")
+
+
+def tolerances_for(precision: str, overrides: Mapping[str, float] | None = None, exact_lookup: bool = False) -> Tolerances:
+    """The tolerances of a graph built in `precision`: fp32's for fp32 and for the lookup alone
+    (exact_lookup), else the precision's warning thresholds with gsq-export's flags (overrides)."""
+    if exact_lookup or precision == "fp32":
+        return TOLERANCES["fp32"]
+    unknown = set(overrides or {}) - set(OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"tolerance overrides {sorted(unknown)}: only {', '.join(OVERRIDABLE)} can be set")
+    return replace(TOLERANCES[precision], **dict(overrides or {}))
 
 
 class GraphRunner(Protocol):
@@ -81,7 +102,7 @@ class GraphSpecLike(Protocol):
     inputs: tuple[TensorSpecLike, ...]
     outputs: tuple[TensorSpecLike, ...]
 
-    def tolerances(self, precision: str, overrides: Tolerances | None = None) -> Tolerances: ...
+    def tolerances(self, precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances: ...
 
 
 @dataclass(frozen=True)
@@ -90,71 +111,127 @@ class _Failure:
     hard: bool  # fails even where misses only warn: a graph that did not run, NaN / infinite output
 
 
+@dataclass
+class _Check:
+    """One thing validated: a graph (run through run_graph) or a path users call (encode, decode)."""
+
+    name: str
+    input_name: str  # the eager value it is fed: images, latent or codes
+    output_name: str  # the eager value its output is compared with
+    run: Callable[[np.ndarray], np.ndarray]
+    precision: str
+    limits: Tolerances
+    comparator: Comparator
+    errors: list[str] = field(default_factory=list)
+
+
 def validate_graphs(
     model: GSQTokenizer,
     specs: Sequence[GraphSpecLike],
     runtime: GraphRunner,
     batches: list[np.ndarray],
-    precision: str = "fp32",
+    precision: str | PrecisionPlan = "fp32",
     image_names: list[str] | None = None,
-    tolerances: Tolerances | None = None,
-    graph_precisions: Mapping[str, str] | None = None,
+    tolerance_overrides: Mapping[str, float] | None = None,
+    paths: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run every graph through runtime.run_graph on the batches and judge it against eager fp32.
+    """Run every graph through runtime.run_graph on the batches and judge it against eager fp32,
+    each at its own precision (precision: one for all parts, or a per-part spec / PrecisionPlan).
 
-    tolerances overrides the reduced precisions' thresholds (gsq-export's threshold flags);
-    graph_precisions gives a graph its own precision (default: `precision`). Returns the report;
-    report['passed'] is the verdict.
+    paths: also judge these runtime calls ("encode", "decode"), at the encoder's / decoder's
+    precision: what users call where no single graph answers it (an OpenVINO bf16 encoder runs
+    as the encoder graph, then the quantizer graph).
+    tolerance_overrides: gsq-export's threshold flags for every reduced-precision graph. Returns
+    the report; report['passed'] is the verdict.
     """
     import torch
 
+    plan = PrecisionPlan.parse(precision)
     lookup = model.quantizer.lookup_spec()
-    comparators = {spec.name: Comparator(lookup) for spec in specs}
-    errors: dict[str, list[str]] = {spec.name: [] for spec in specs}
-    decodes = any(spec.outputs[0].name == "images" for spec in specs)
+    checks = [
+        _Check(
+            spec.name,
+            spec.inputs[0].name,
+            spec.outputs[0].name,
+            lambda value, name=spec.name: runtime.run_graph(name, value),
+            plan.for_graph(spec.name),
+            spec.tolerances(plan.for_graph(spec.name), tolerance_overrides),
+            Comparator(lookup),
+        )
+        for spec in specs
+    ]
+    calls = {"encode": ("encoder", "images", "codes"), "decode": ("decoder", "codes", "images")}
+    for name in paths:
+        part, source, target = calls[name]
+        checks.append(
+            _Check(
+                name,
+                source,
+                target,
+                getattr(runtime, name),
+                plan.for_part(part),
+                tolerances_for(plan.for_part(part), tolerance_overrides),
+                Comparator(lookup),
+            )
+        )
+    decodes = any(check.output_name == "images" for check in checks)
+    eager_quality = Comparator(lookup)  # eager's decode of its own codes against the input images
     for images in batches:
         with torch.no_grad():
             eager = {"images": images, "latent": model.encode_latent(torch.from_numpy(images)).numpy()}
             eager["codes"] = model.quantizer.codes(torch.from_numpy(eager["latent"])).numpy()
             if decodes:
                 eager["recon"] = model.decode(torch.from_numpy(eager["codes"])).numpy()
-        for spec in specs:
-            feed = eager[spec.inputs[0].name]
+                eager_quality.add_quality(eager["recon"], images)
+        for check in checks:
+            feed = eager[check.input_name]
             try:
-                output = runtime.run_graph(spec.name, feed)
+                output = check.run(feed)
             except Exception as error:  # any backend's failure to run, e.g. a shape baked into the graph
-                errors[spec.name].append(f"{spec.name}: failed to run on input {list(feed.shape)}: {_first_line(error)}")
+                check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {_first_line(error)}")
                 continue
             try:
-                _compare(comparators[spec.name], spec.outputs[0].name, np.asarray(output), eager)
+                _compare(check.comparator, check.output_name, np.asarray(output), eager)
             except Mismatch as mismatch:
-                errors[spec.name].append(f"{spec.name}: {mismatch} for input {list(images.shape)}")
+                check.errors.append(f"{check.name}: {mismatch} for input {list(images.shape)}")
     report: dict[str, Any] = {
-        "precision": precision,
-        "tolerances": _json_tolerances(tolerances or TOLERANCES[precision]),
+        "precision": str(plan),
+        "precisions": plan.to_manifest(),
+        "tolerance_overrides": dict(tolerance_overrides or {}),
         "images": {"names": image_names or [], "batches": [list(batch.shape) for batch in batches]},
         "graphs": {},
         "failures": [],
         "warnings": [],
     }
-    for spec in specs:
-        graph_precision = (graph_precisions or {}).get(spec.name, precision)
-        limits = spec.tolerances(graph_precision, tolerances)
-        comparator = comparators[spec.name]
-        failures = [_Failure(message, hard=True) for message in errors[spec.name]]
-        failures += _misses(spec.name, comparator, limits)
-        hard = [failure.message for failure in failures if failure.hard or not limits.warn_only]
+    eager_psnr = eager_quality.report().get("psnr_vs_input_db")
+    for check in checks:
+        results = _input_quality(check.comparator.report(), eager_psnr)
+        failures = [_Failure(message, hard=True) for message in check.errors]
+        failures += _misses(check.name, check.comparator, check.limits, results)
+        hard = [failure.message for failure in failures if failure.hard or not check.limits.warn_only]
         report["warnings"] += [failure.message for failure in failures if failure.message not in hard]
         report["failures"] += hard
-        report["graphs"][spec.name] = {
-            **comparator.report(),
-            "errors": errors[spec.name],
-            "precision": graph_precision,
-            "tolerances": _json_tolerances(limits),
+        section = "paths" if check.name in ("encode", "decode") else "graphs"
+        report.setdefault(section, {})[check.name] = {
+            **results,
+            "errors": check.errors,
+            "precision": check.precision,
+            "tolerances": _json_tolerances(check.limits),
             "passed": not hard,
         }
     report["passed"] = not report["failures"]
     return report
+
+
+def _input_quality(results: dict[str, Any], eager_psnr: float | None) -> dict[str, Any]:
+    """A decoder's report with eager's PSNR against the input on the same images, and the drop."""
+    if "psnr_vs_input_db" not in results or eager_psnr is None or results["psnr_vs_input_db"] is None:
+        return results
+    return {
+        **results,
+        "eager_psnr_vs_input_db": eager_psnr,
+        "psnr_vs_input_drop_db": eager_psnr - results["psnr_vs_input_db"],
+    }
 
 
 def _compare(comparator: Comparator, output_name: str, output: np.ndarray, eager: dict[str, np.ndarray]) -> None:
@@ -165,11 +242,12 @@ def _compare(comparator: Comparator, output_name: str, output: np.ndarray, eager
         comparator.add_codes(output, eager["codes"], eager["latent"])
     elif output_name == "images":
         comparator.add_images(output, eager["recon"])
+        comparator.add_quality(output, eager["images"])
     else:
         raise Mismatch(f"output {output_name!r} has no eager counterpart (latent, codes or images)")
 
 
-def _misses(name: str, comparator: Comparator, limits: Tolerances) -> list[_Failure]:
+def _misses(name: str, comparator: Comparator, limits: Tolerances, results: dict[str, Any]) -> list[_Failure]:
     """Why one graph's measures miss its tolerances (empty when it meets them)."""
     misses: list[_Failure] = []
     relative = comparator.latent_relative_error
@@ -210,17 +288,31 @@ def _misses(name: str, comparator: Comparator, limits: Tolerances) -> list[_Fail
                 hard=False,
             )
         )
+    drop = results.get("psnr_vs_input_drop_db")
+    if drop is not None and drop > limits.max_input_psnr_drop_db:
+        misses.append(
+            _Failure(
+                f"{name}: PSNR against the input images {results['psnr_vs_input_db']:.2f} dB is {drop:.2f} dB below "
+                f"eager's {results['eager_psnr_vs_input_db']:.2f} dB (limit {limits.max_input_psnr_drop_db:g} dB)",
+                hard=False,
+            )
+        )
     return misses
 
 
 def summary_line(report: dict[str, Any], image_count: int) -> str:
     """One stage line: verdict, warnings and the token agreement of the graph that makes tokens."""
     verdict = "passed" if report["passed"] else "FAILED"
-    with_tokens = [result for result in report["graphs"].values() if result.get("token_agreement") is not None]
+    paths = report.get("paths", {})
+    results = [*report["graphs"].values(), *paths.values()]
+    with_tokens = [result for result in results if result.get("token_agreement") is not None]
     agreement = f", token agreement {min(r['token_agreement'] for r in with_tokens):.2%}" if with_tokens else ""
+    drops = [result["psnr_vs_input_drop_db"] for result in results if result.get("psnr_vs_input_drop_db") is not None]
+    quality = f", PSNR vs input {-max(drops):+.2f} dB against eager" if drops else ""
     warnings = f", {len(report['warnings'])} warning(s)" if report.get("warnings") else ""
-    line = f"validated {len(report['graphs'])} graphs against eager on {image_count} images: {verdict}"
-    line += agreement + warnings
+    also = f" and {' / '.join(paths)}" if paths else ""
+    line = f"validated {len(report['graphs'])} graphs{also} against eager on {image_count} images: {verdict}"
+    line += agreement + quality + warnings
     for warning in report.get("warnings", []):
         line += f"\n  warning: {warning}"
     return line

@@ -16,6 +16,11 @@ from .schema import check as check_schema
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gsq-deploy-artifact"
 SUPPORTED_FORMAT_VERSION = 1
+# What a graph is built in (graphs.<name>.precision; the parts' `precisions`): the codebook lookup is
+# fp32 in every build. OpenVINO graphs also carry the INFERENCE_PRECISION_HINT they are compiled with.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+OPENVINO_HINTS = ("f32", "f16", "bf16")
+LOOKUP_GRAPHS = ("quantizer", "tokenize")  # the graphs that hold the codebook lookup
 
 
 class ArtifactError(GSQError):
@@ -86,7 +91,14 @@ _TENSOR = Obj(
 )
 _GRAPH = Obj(
     required={"file": Str(max_length=1024)},
-    optional={"weights": Str(max_length=1024), "inputs": ListOf(_TENSOR), "outputs": ListOf(_TENSOR), "precision": Str()},
+    optional={
+        "weights": Str(max_length=1024),
+        "inputs": ListOf(_TENSOR),
+        "outputs": ListOf(_TENSOR),
+        "precision": Str(choices=PRECISIONS),
+        "lookup_precision": Str(choices=("fp32",)),  # on the graphs that hold the codebook lookup
+        "inference_precision": Str(choices=OPENVINO_HINTS),  # OpenVINO: the hint this graph is compiled with
+    },
 )
 # The fields runtimes read, by type. Writers may add fields (a newer exporter, another helper's lookup
 # options): unknown fields are allowed, known ones must have their type.
@@ -128,6 +140,11 @@ MANIFEST_SCHEMA = Obj(
         "validation": Nullable(Obj(optional={"passed": Bool(), "failures": ListOf(Str())})),
         "source": Obj(optional={"checkpoint": Str(), "sha256": Nullable(_SHA256)}),
         "tensorrt": Obj(),
+        # per part: {"encoder": ..., "quantizer": "fp32", "decoder": ...}; `precision` is its spec string
+        "precisions": Obj(
+            required={"encoder": Str(choices=PRECISIONS), "decoder": Str(choices=PRECISIONS)},
+            optional={"quantizer": Str(choices=("fp32",))},
+        ),
         "image_range": ListOf(Number(), length=2),
     },
 )

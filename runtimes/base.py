@@ -147,6 +147,8 @@ def artifact_info(backend: str, artifact: Any) -> dict[str, Any]:
         "token_layout": artifact.token_layout,
         "model_dir": str(artifact.directory),
         "graphs": list(artifact.graphs),
+        # each graph's precision (gsq-export --precision encoder=...,decoder=...; the lookup is fp32)
+        "graph_precisions": {name: entry.get("precision", manifest["precision"]) for name, entry in artifact.graphs.items()},
         "validated": manifest.get("validation") is not None,
     }
 

@@ -4,9 +4,13 @@
     codes = rt.encode(images)        # float32 [B,3,H,W] in [-1, 1] -> int64 [B,h,w,G]
     images = rt.decode(codes)
 
-fp32 stays fp32: every graph is compiled with INFERENCE_PRECISION_HINT=f32 unless --inference-precision
-says otherwise (CPUs with AMX default to bf16, which flips tokens). fp16 / int8 artifacts hold
-fp16 weights / int8 QDQ layers with the lookup in fp32, and also run under the f32 hint.
+Each graph is compiled with the INFERENCE_PRECISION_HINT its manifest entry names
+(graphs.<name>.inference_precision): bf16 for the parts exported in bf16 (gsq-export --precision
+decoder=bf16), f32 for everything else, so fp32 stays fp32 on CPUs with AMX, which default to bf16
+and flip tokens. fp16 / int8 artifacts hold fp16 weights / int8 QDQ layers with the lookup in fp32,
+and run under the f32 hint. --inference-precision overrides the hint of the graphs without the
+codebook lookup; the graphs with it (quantizer, tokenize) are compiled f32 always, and an artifact
+whose manifest asks otherwise is refused.
 
 CLI: `python -m runtimes.openvino encode|decode --model DIR ...` (see runtimes.cli).
 """
@@ -22,10 +26,10 @@ import numpy as np
 
 from gsq_core.errors import InputError
 
-from .artifacts import ArtifactError, BackendUnavailableError
+from .artifacts import LOOKUP_GRAPHS, OPENVINO_HINTS, ArtifactError, BackendUnavailableError
 from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
 
-INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
+INFERENCE_PRECISIONS = OPENVINO_HINTS
 INSTALL_HINT = "pip install 'gsq-deploy[openvino]' (or: pip install openvino)"
 
 
@@ -83,7 +87,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         model_dir: str | Path,
         device: str = "CPU",
         threads: int | None = None,
-        inference_precision: str = "f32",
+        inference_precision: str | None = None,
         config: Mapping[str, Any] | None = None,
     ):
         try:
@@ -96,24 +100,43 @@ class OpenVinoRuntime(ArtifactRuntime):
             raise BackendUnavailableError(
                 f"OpenVINO device {device!r} is not available here (available: {', '.join(available)})"
             )
-        if inference_precision not in INFERENCE_PRECISIONS:
+        if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
             raise InputError(
                 f"inference precision {inference_precision!r}: choose one of {', '.join(INFERENCE_PRECISIONS)}"
             )
         if threads is not None and threads < 1:
             raise InputError(f"threads={threads} must be >= 1")
+        if "INFERENCE_PRECISION_HINT" in (config or {}):  # per graph, never over the lookup: its own argument
+            raise InputError("set the inference precision with inference_precision=, not in config")
         self.device = device
         self.threads = threads
         self.inference_precision = inference_precision
         self.config = dict(config or {})
+        self.hints = {name: self._hint(name) for name in self.artifact.graphs}  # refuses a bf16 lookup first
         self._compiled: dict[str, Any] = {}
+
+    def _hint(self, name: str) -> str:
+        """The INFERENCE_PRECISION_HINT one graph is compiled with: its manifest entry's, or the
+        override for a graph without the lookup; f32 for the lookup, refused if asked otherwise."""
+        entry = self.artifact.graphs[name]
+        recorded = entry.get("inference_precision", "f32")
+        holds_lookup = "lookup_precision" in entry or name in LOOKUP_GRAPHS  # older manifests: by name
+        if holds_lookup:
+            if recorded != "f32":
+                raise ArtifactError(
+                    f"{self.artifact.directory}: graph {name} holds the codebook lookup, which must stay fp32, but its "
+                    f"manifest asks for the {recorded} inference precision hint; re-export it with gsq-export"
+                )
+            return "f32"
+        return self.inference_precision or recorded
 
     # -- interface ---------------------------------------------------------------------------------
     @property
     def info(self) -> dict[str, Any]:
         return {
             **artifact_info(self.backend, self.artifact),
-            "inference_precision": self.inference_precision,
+            "inference_precision": next(iter(set(self.hints.values()))) if len(set(self.hints.values())) == 1 else "per graph",
+            "inference_precisions": dict(self.hints),
             "device": self.device,
             "threads": self.threads,
             "config": {key: str(value) for key, value in self.config.items()},
@@ -128,9 +151,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         if name not in self._compiled:
             path = self.artifact.graph_path(name)
             try:
-                self._compiled[name] = compile_graph(
-                    path, self.device, self.inference_precision, self.threads, self.config
-                )
+                self._compiled[name] = compile_graph(path, self.device, self.hints[name], self.threads, self.config)
             except RuntimeError as error:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first_line}") from None
@@ -172,9 +193,9 @@ def cli_options() -> list[Callable]:
         click.option(
             "--inference-precision",
             type=click.Choice(INFERENCE_PRECISIONS),
-            default="f32",
-            show_default=True,
-            help="INFERENCE_PRECISION_HINT; f32 keeps fp32 artifacts exact on bf16-capable CPUs.",
+            default=None,
+            help="INFERENCE_PRECISION_HINT of the graphs without the lookup (default: each graph's, from the "
+            "manifest; the lookup's graphs are f32 always).",
         ),
     ]
 

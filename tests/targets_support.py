@@ -49,10 +49,12 @@ def fp32_onnx(name: str) -> Path:
 
 @lru_cache(maxsize=None)
 def reduced_onnx(name: str, precision: str) -> Path:
-    """fp16 / int8 ONNX artifact of a model, validated against eager on the model's fixture images."""
+    """fp16 / int8 (or per-part, e.g. "encoder=fp32,decoder=int8") ONNX artifact of a model,
+    validated against eager on the model's fixture images."""
     from exporters.build import ExportOptions, convert
+    from exporters.precision import PrecisionPlan
 
-    out = _ROOT / f"{name}-onnx-{precision}"
+    out = _ROOT / f"{name}-onnx-{PrecisionPlan.parse(precision).slug}"
     options = ExportOptions(precision=precision, calib_images=FLEXGEN / f"{name}_images", progress=False)
     convert(eager(name), fp32_onnx(name), out, "onnx", options)
     return out

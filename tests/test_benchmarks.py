@@ -91,7 +91,7 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     out = tmp_path / "report"
     images = [FIXTURES / "gsq_f8_magvit_images" / name for name in ("64x64_0.png", "96x128_0.png")]
     args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", *map(str, images)]
-    args += ["--backends", "torch,onnx,nosuch", "--precisions", "fp32,fp16", "--batch-sizes", "1,2"]
+    args += ["--backends", "torch,onnx,nosuch", "--precisions", "fp32,fp16,decoder=int8", "--batch-sizes", "1,2"]
     args += ["--repeats", "1", "--threads", "1", "--out", str(out), "--no-progress"]
     completed = run_module("benchmarks.compare", *args)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -101,7 +101,8 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     assert {("torch", "fp32"), ("onnx", "fp32")} <= set(results)
     assert "no runtime named 'nosuch'" in skipped[("nosuch", "fp32")]
     assert ("torch", "fp16") in skipped
-    assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx", "nosuch") for p in ("fp32", "fp16")}
+    precisions = ("fp32", "fp16", "encoder=fp32,decoder=int8")  # the per-part spec, canonical
+    assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx", "nosuch") for p in precisions}
     for record in results.values():
         assert all(field in record for field in RESULT_FIELDS)
         assert 0 < record["codebook_usage"] <= 1 and record["codebook_perplexity"] >= 1
@@ -120,6 +121,14 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     assert "| onnx | fp32 |" in (out / "report.md").read_text()
     assert (out / "speed_vs_fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "artifacts" / "onnx-fp32" / "manifest.json").is_file()
+    # a mixed build: the fp32 encoder tokenizes like fp32, its int8 decoder is judged on eager's tokens
+    mixed = results[("onnx", "encoder=fp32,decoder=int8")]
+    assert mixed["max_score_gap"] <= 1e-5 and (out / "artifacts" / "onnx-encoder_fp32+decoder_int8").is_dir()
+    assert mixed["detokenize_psnr_db"] < 100 and mixed["detokenize_psnr_vs_input_db"] is not None
+    assert results[("torch", "fp32")]["detokenize_psnr_vs_input_db"] == results[("torch", "fp32")]["psnr_vs_input_db"]
+    path = report["fastest_faithful_path"]
+    assert path["tokenize"]["max_score_gap"] <= 1e-5 and path["detokenize"]["psnr_drop_db"] <= 0.3
+    assert (out / "report.md").read_text().rstrip().splitlines()[-2].startswith("**Fastest faithful path**")
 
     again = run_module("benchmarks.compare", *args)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -138,6 +147,43 @@ def test_compare_refuses_bad_input_in_one_line(tmp_path, bad, message):
     flat = [item for pair in args.items() for item in pair]
     completed = run_module("benchmarks.compare", *flat, "--out", str(tmp_path / "r"), "--no-progress")
     assert completed.returncode == 2 and message in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_fastest_faithful_path_picks_the_fastest_result_that_meets_each_criterion():
+    from benchmarks.compare import fastest_faithful_path
+
+    def result(backend, precision, encode_ms, gap, decode_ms, psnr_db):
+        return {
+            "backend": backend, "precision": precision, "encode_ms_p50": encode_ms, "speedup_vs_eager": 60 / encode_ms,
+            "max_score_gap": gap, "decode_ms_p50": decode_ms, "decode_speedup_vs_eager": 100 / decode_ms,
+            "detokenize_psnr_vs_input_db": psnr_db,
+        }  # fmt: skip
+
+    results = [
+        result("torch", "fp32", 60, 0.0, 100, 32.0),
+        result("onnx", "fp32", 40, 1e-7, 90, 32.0),
+        result("onnx", "int8", 30, 2e-3, 35, 31.0),  # fastest, but neither faithful tokens nor images
+        result("openvino", "encoder=fp32,decoder=bf16", 50, 1e-7, 40, 31.75),
+    ]
+    path = fastest_faithful_path(results)
+    assert (path["tokenize"]["backend"], path["tokenize"]["precision"]) == ("onnx", "fp32")
+    assert path["detokenize"]["precision"] == "encoder=fp32,decoder=bf16"
+    assert path["detokenize"]["psnr_drop_db"] == pytest.approx(0.25)
+    results[3]["detokenize_psnr_vs_input_db"] = 31.6  # 0.4 dB below eager: no longer faithful
+    assert fastest_faithful_path(results)["detokenize"]["backend"] == "onnx"
+
+
+def test_compare_reads_per_part_precisions_and_refuses_bad_ones(tmp_path):
+    from benchmarks.compare import precision_list
+
+    assert precision_list("fp32,encoder=fp32+decoder=int8,int8,decoder=int8") == [
+        "fp32",
+        "encoder=fp32,decoder=int8",
+        "int8",
+    ]
+    args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", str(FIXTURES / "gsq_f8_magvit_images")]
+    completed = run_module("benchmarks.compare", *args, "--precisions", "fp32,quantizer=int8", "--out", str(tmp_path / "r"))
+    assert completed.returncode == 2 and "fp32 in every build" in completed.stderr and "Traceback" not in completed.stderr
 
 
 def test_compare_passes_each_runtime_only_the_options_it_declares():

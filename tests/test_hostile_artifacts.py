@@ -144,6 +144,10 @@ def test_a_symlinked_artifact_folder_and_inner_links_are_fine(artifact, tmp_path
         (lambda m: m.update(validation={"passed": "yes"}), "validation.passed must be true or false"),
         (lambda m: m["lookup"].update(code_block=-1), "lookup.code_block must be an integer"),
         (lambda m: m.pop("graphs"), "lacks graphs"),
+        (lambda m: m["graphs"]["tokenize"].update(precision="fp8"), "graphs.tokenize.precision must be one of"),
+        (lambda m: m["graphs"]["tokenize"].update(lookup_precision="int8"), "graphs.tokenize.lookup_precision must be"),
+        (lambda m: m.update(precisions={"encoder": "fp32"}), "precisions lacks decoder"),
+        (lambda m: m.update(precisions={"encoder": "fp32", "decoder": 8}), "precisions.decoder must be a string"),
     ],
 )
 def test_manifest_fields_of_the_wrong_type_are_one_line(artifact, tamper, fragment):

@@ -4,7 +4,6 @@ the artifacts run through runtimes.onnx (API and CLI)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +17,7 @@ from exporters import ExportError
 from exporters.build import ExportOptions, convert
 from exporters.graphs import ShapePlan, graph_specs
 from exporters.onnx_precision import lookup_node_names
-from exporters.validation import TOLERANCES, validate_graphs
+from exporters.validation import validate_graphs
 from gsq_core.fidelity import score_gaps
 from runtimes.onnx import OnnxRuntime
 
@@ -60,7 +59,9 @@ def test_int8_quantizes_convolutions_but_not_the_lookup():
 def test_manifest_reports_agreement_and_margins(precision):
     manifest = json.loads((reduced_onnx(MODEL, precision) / "manifest.json").read_text())
     assert manifest["precision"] == precision and manifest["target"] == "onnx"
-    assert all(entry["precision"] == precision for entry in manifest["graphs"].values())
+    for name, entry in manifest["graphs"].items():  # the quantizer graph is the lookup alone: fp32
+        assert entry["precision"] == ("fp32" if name == "quantizer" else precision)
+    assert manifest["precisions"] == {"encoder": precision, "quantizer": "fp32", "decoder": precision}
     report = manifest["validation"]
     assert report["passed"] and report["precision"] == precision
     quantizer = report["graphs"]["quantizer"]  # fp32 end to end: still exact
@@ -71,7 +72,7 @@ def test_manifest_reports_agreement_and_margins(precision):
     assert tokens["near_tie_disagreements"] + tokens["flagged_disagreements"] == disagreements
     assert tokens["max_disagreement_margin"] == pytest.approx(tokens["max_score_gap"])
     assert 0 < report["graphs"]["detokenize"]["recon_psnr_db"] < 100  # reduced, not identical
-    assert report["tolerances"]["warn_only"] is True
+    assert report["graphs"]["tokenize"]["tolerances"]["warn_only"] is True
     if precision == "fp16":
         assert tokens["token_agreement"] > 0.95 and not report["warnings"]
     if precision == "int8":
@@ -133,8 +134,7 @@ def test_thresholds_warn_for_reduced_precision_and_fail_for_fp32():
     specs = [graph_specs(model, ShapePlan.dynamic())["tokenize"]]
     strict = validate_graphs(model, specs, runtime, [images], "fp32")
     assert not strict["passed"] and "not an optimal choice" in strict["failures"][0]
-    lenient = replace(TOLERANCES["fp16"], min_token_agreement=1.0)
-    report = validate_graphs(model, specs, runtime, [images], "fp16", tolerances=lenient)
+    report = validate_graphs(model, specs, runtime, [images], "fp16", tolerance_overrides={"min_token_agreement": 1.0})
     assert report["passed"] and not report["failures"]
     assert len(report["warnings"]) == 1 and "token agreement" in report["warnings"][0]
     result = report["graphs"]["tokenize"]
@@ -185,7 +185,8 @@ def test_cli_fp16_export_with_a_threshold_warns(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["precision"] == "fp16" and manifest["validation"]["tolerances"]["min_token_agreement"] == 1.0
+    assert manifest["precision"] == "fp16" and manifest["validation"]["tolerance_overrides"]["min_token_agreement"] == 1.0
+    assert manifest["validation"]["graphs"]["tokenize"]["tolerances"]["min_token_agreement"] == 1.0
     agreement = manifest["validation"]["graphs"]["tokenize"]["token_agreement"]
     assert ("warning: tokenize: token agreement" in result.stderr) == (agreement < 1.0)
     assert "tokens" in result.stdout and "fp16" in result.stdout
