@@ -37,7 +37,7 @@ from gsq_core.console import termination_unwinds
 
 from . import GRAPH_NAMES, TARGETS, ExportError, select_graphs
 from .manifest import MANIFEST_NAME, write_manifest
-from .precision import LOOKUP_GRAPHS, LOOKUP_PRECISION, PRECISIONS, PrecisionPlan, canonical
+from .precision import LOOKUP_GRAPHS, LOOKUP_PRECISION, PRECISIONS, PrecisionPlan, canonical, precision_label
 from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
 from .validation import summary_line, validate_graphs
 
@@ -221,9 +221,8 @@ def check_target(name: str, options: ExportOptions) -> Target:
     plan = options.plan
     unsupported = sorted({plan.encoder, plan.decoder} - set(target.precisions), key=PRECISIONS.index)
     if unsupported:
-        parts = plan.parts_in(unsupported[0])
         raise ExportError(
-            f"--precision {unsupported[0]} (the {' and '.join(parts)}) is not available for --target {name} "
+            f"--precision {precision_label(plan, unsupported[0])} is not available for --target {name} "
             f"(choose {', '.join(target.precisions)})"
         )
     for value in options.target_options:

@@ -134,3 +134,8 @@ class PrecisionPlan:
 def canonical(spec: str | PrecisionPlan) -> str:
     """The canonical spec string of a precision ("int8", "encoder=fp32,decoder=int8")."""
     return str(PrecisionPlan.parse(spec))
+
+
+def precision_label(plan: PrecisionPlan, precision: str) -> str:
+    """How a refusal names a precision: `fp16` when every part has it, `bf16 (the decoder)` otherwise."""
+    return precision if plan.single == precision else f"{precision} (the {' and '.join(plan.parts_in(precision))})"

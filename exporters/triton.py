@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from . import ExportError
 from .build import BuildStep, ExportOptions, SourceRequest, Target, convert, export, flag, load_target
 from .manifest import file_checksum
+from .precision import precision_label
 from .tensorrt import TensorRTOptions, require_tensorrt
 
 TRITON_BACKENDS: dict[str, dict[str, str]] = {
@@ -176,7 +177,7 @@ def _check(options: ExportOptions) -> None:
     unsupported = sorted({plan.encoder, plan.decoder} - set(source.precisions))
     if unsupported:
         raise ExportError(
-            f"--precision {unsupported[0]} (the {' and '.join(plan.parts_in(unsupported[0]))}) is not available "
+            f"--precision {precision_label(plan, unsupported[0])} is not available "
             f"for --target triton with --triton-backend {triton.backend} (choose {', '.join(source.precisions)})"
         )
     if triton.backend != "tensorrt" and any(isinstance(value, TensorRTOptions) for value in options.target_options):
