@@ -328,3 +328,29 @@ def test_export_options_carry_one_spec_and_reject_unknown_overrides():
     assert replace(options, graphs=("tokenize",)).precisions == {"fp32"}
     with pytest.raises(ExportError, match="unknown part"):
         ExportOptions(precision="vocoder=int8")
+
+
+# -- IBQ: the other family, the same per-graph precision ---------------------------------------------
+def test_ibq_mixed_build_tokenizes_like_fp32_with_an_int8_decoder(tmp_path):
+    from conftest import IBQ, IBQ_MODEL, ibq_expected
+
+    from gsq_core import load_tokenizer
+
+    model = load_tokenizer(IBQ_MODEL.with_suffix(".ckpt"))
+    options = ExportOptions(
+        precision="decoder=int8", graphs=("tokenize", "detokenize"), calib_images=IBQ / "ibq_tiny_f4_k1024_images",
+        progress=False,
+    )  # fmt: skip
+    manifest = export(model, tmp_path / "ibq", "onnx", options)
+    assert manifest["validation"]["passed"] and manifest["family"] == "ibq"
+    assert {name: entry["precision"] for name, entry in manifest["graphs"].items()} == {
+        "tokenize": "fp32",
+        "detokenize": "int8",
+    }
+    runtime = load_runtime("onnx", tmp_path / "ibq", threads=1)
+    images = ibq_expected()["input_64x64"]
+    import torch
+
+    latent = model.encode_latent(torch.from_numpy(images)).detach().numpy()
+    assert score_gaps(latent, runtime.encode(images), model.quantizer.lookup_spec()).max() <= 1e-5
+    assert manifest["validation"]["graphs"]["detokenize"]["psnr_vs_input_drop_db"] is not None
