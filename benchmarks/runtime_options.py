@@ -7,7 +7,7 @@ image, then the next), each setting and order in its own process, rounds interle
 
     # ONNX Runtime only, two settings, also a static export (gsq-export ... --static --image-size 256x256)
     python benchmarks/runtime_options.py --onnx out/default-onnx --onnx-static out/default-onnx-static \
-        --settings ort-default,ort,ort-static --images out/photos --out out/bench/ort.json
+        --settings ort-as-before,ort,ort-static --images out/photos --out out/bench/ort.json
 
 Settings (--settings, default all that the given artifacts allow) are named in SETTINGS: the
 runtime's own defaults ("ort", "ov") and the variants they were chosen against. Prints a table and
@@ -37,13 +37,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ORT_OWN_DEFAULTS = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "0"}
 SETTINGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ort": ("onnx", "dynamic", {}),
-    "ort-default": ("onnx", "dynamic", {"session_config": ORT_OWN_DEFAULTS}),  # ONNX Runtime's own defaults
+    # ONNX Runtime's own defaults: the runtime before issue 12
+    "ort-as-before": ("onnx", "dynamic", {"session_config": ORT_OWN_DEFAULTS, "memory": "session"}),
     "ort-spin-stop": ("onnx", "dynamic", {"session_config": {"session.intra_op.allow_spinning": "1"}}),
     "ort-spin-100us": (
         "onnx",
         "dynamic",
         {"session_config": {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "100"}},
     ),
+    "ort-session-memory": ("onnx", "dynamic", {"memory": "session"}),  # per-session arenas + memory patterns
     "ort-block-base-4": ("onnx", "dynamic", {"session_config": {"session.dynamic_block_base": "4"}}),
     "ort-extended": ("onnx", "dynamic", {"graph_optimization": "extended"}),  # no NCHWc layout transformer
     "ort-basic": ("onnx", "dynamic", {"graph_optimization": "basic"}),
