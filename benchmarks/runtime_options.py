@@ -52,7 +52,7 @@ SETTINGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ort-static": ("onnx", "static", {}),
     "ov": ("openvino", "dynamic", {}),
     "ov-throughput": ("openvino", "dynamic", {"config": {"PERFORMANCE_HINT": "THROUGHPUT"}}),
-    "ov-no-pinning": ("openvino", "dynamic", {"config": {"ENABLE_CPU_PINNING": False}}),
+    "ov-pinning": ("openvino", "dynamic", {"config": {"ENABLE_CPU_PINNING": True}}),
     "ov-static": ("openvino", "static", {}),
 }
 

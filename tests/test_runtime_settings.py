@@ -90,6 +90,7 @@ def test_openvino_compiles_for_latency_unless_told_otherwise(model, tmp_path):
     export_openvino(model, tmp_path / "ov", graphs=("tokenize",), validate=False, progress=False)
     default = OpenVinoRuntime(tmp_path / "ov", threads=1).compiled("tokenize")
     assert str(default.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert default.get_property("ENABLE_CPU_PINNING") is False
     assert str(default.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
     chosen = OpenVinoRuntime(tmp_path / "ov", threads=1, config={"PERFORMANCE_HINT": "THROUGHPUT"})
     assert str(chosen.compiled("tokenize").get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
