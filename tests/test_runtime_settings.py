@@ -115,3 +115,25 @@ def test_runtime_settings_benchmark_runs_and_reports(onnx_dir, tmp_path):
     assert "| ort-as-before |" in completed.stdout and "load average" in completed.stdout
     again = subprocess.run(command + ["--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_runtime_settings_benchmark_times_eager_and_ort_tokenize_in_batches(model, onnx_dir, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for index in range(3):
+        Image.fromarray(float_to_uint8(rng.uniform(-1, 1, (3, 32, 32)).astype(np.float32))).save(tmp_path / f"p{index}.png")
+    checkpoint = tmp_path / "model.safetensors"
+    model.save(checkpoint)
+    out = tmp_path / "tokenize.json"
+    command = [sys.executable, "benchmarks/runtime_options.py", "--torch", str(checkpoint), "--onnx", str(onnx_dir)]
+    command += ["--settings", "torch,ort", "--modes", "encode", "--batch", "2", "--images", str(tmp_path)]
+    command += ["--rounds", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["batch"] == 2 and {(row["setting"], row["mode"]) for row in report["rows"]} == {
+        ("torch", "encode"),
+        ("ort", "encode"),
+    }
+    assert all(row["encode_ms"] > 0 for row in report["rows"]) and "encode only" in completed.stdout
