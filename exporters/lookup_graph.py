@@ -182,7 +182,7 @@ def plan_lookup(
     tables = _window_tables(analysis, best)
     reason = (
         f"every one of {best.cells} cells has a proven window of <= {best.window} sorted codes"
-        + (f" (plus {analysis.extra.size} codes off the circle, scored for every vector)" if analysis.extra.size else "")
+        + (f" (plus {analysis.extra.size} code(s) off the circle, scored for every vector)" if analysis.extra.size else "")
     )
     return LookupPlan("window", reason, num_embed, code_block, tables)
 
