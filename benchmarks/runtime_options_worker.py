@@ -2,11 +2,12 @@
 
     python -m benchmarks.runtime_options_worker '<json job>'
 
-The job names the backend, the artifact directory, the runtime options (e.g. ONNX Runtime session
-config entries, OpenVINO compile properties), the images, the thread count, the call order ("blocks":
-every encode, then every decode; "alternating": encode and decode of one image, then the next) and
-the rounds. It prints one JSON line with wall-clock and process CPU time per call. Torch is not
-imported: the process holds only the runtime.
+The job names the backend, the artifact directory (a checkpoint for "torch", the eager reference),
+the runtime options (e.g. ONNX Runtime session config entries, OpenVINO compile properties), the
+images and the batch size, the thread count, the call order ("blocks": every encode, then every
+decode; "alternating": encode and decode of one input, then the next; "encode": encodes only) and
+It prints one JSON line with wall-clock and process CPU time per call (per input of `batch`
+images). Torch is imported only for the torch backend: the process holds only the runtime.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from benchmarks.measure import peak_rss_mb, summarize_ms
 
-MODES = ("blocks", "alternating")
+MODES = ("blocks", "alternating", "encode")
 
 
 def timed(function: Any, value: np.ndarray, samples: list[float], cpu: list[float]) -> Any:
@@ -44,17 +45,32 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     if job["mode"] not in MODES:
         raise ValueError(f"unknown mode {job['mode']!r}; choose from {', '.join(MODES)}")
-    runtime = load_runtime(job["backend"], job["model"], threads=job["threads"], **job.get("options", {}))
-    images = [read_image(path).pixels[None] for path in job["images"]]
-    codes = [runtime.encode(image) for image in images]  # warm-up of both graphs, not timed
-    for code in codes:
-        runtime.decode(code)
+    if job["backend"] == "torch":  # the eager reference: torch's own thread count
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        runtime = load_runtime("torch", job["model"], **job.get("options", {}))
+    else:
+        runtime = load_runtime(job["backend"], job["model"], threads=job["threads"], **job.get("options", {}))
+    pixels = [read_image(path).pixels[None] for path in job["images"]]
+    batch = job.get("batch", 1)  # inputs of `batch` images each, cycling through the images
+    images = [
+        np.concatenate([pixels[(start + k) % len(pixels)] for k in range(batch)])
+        for start in range(0, len(pixels), batch)
+    ]
+    codes = [runtime.encode(image) for image in images]  # warm-up, not timed
+    if job["mode"] != "encode":
+        for code in codes:
+            runtime.decode(code)
     encode: list[float] = []
     decode: list[float] = []
     encode_cpu: list[float] = []
     decode_cpu: list[float] = []
     for _ in range(job["rounds"]):
-        if job["mode"] == "blocks":
+        if job["mode"] == "encode":
+            for image in images:
+                timed(runtime.encode, image, encode, encode_cpu)
+        elif job["mode"] == "blocks":
             for image in images:
                 timed(runtime.encode, image, encode, encode_cpu)
             for code in codes:
@@ -65,14 +81,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 timed(runtime.decode, code, decode, decode_cpu)
     info = runtime.info
     runtime.close()
+    no_decode = {"median_ms": float("nan")}
     return {
         "status": "ok",
+        "batch": batch,
         "encode_ms": summarize_ms(encode),
-        "decode_ms": summarize_ms(decode),
+        "decode_ms": summarize_ms(decode) if decode else no_decode,
         # CPU time of the whole process per call: the work done (spinning threads included), which
         # a busy machine does not distort the way it distorts wall-clock time
         "encode_cpu_ms": summarize_ms(encode_cpu),
-        "decode_cpu_ms": summarize_ms(decode_cpu),
+        "decode_cpu_ms": summarize_ms(decode_cpu) if decode_cpu else no_decode,
         "calls": len(encode),
         "peak_rss_mb": peak_rss_mb(),
         "info": {key: value for key, value in info.items() if isinstance(value, str | int | float | bool | dict)},

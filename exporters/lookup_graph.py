@@ -182,7 +182,7 @@ def plan_lookup(
     tables = _window_tables(analysis, best)
     reason = (
         f"every one of {best.cells} cells has a proven window of <= {best.window} sorted codes"
-        + (f" (plus {analysis.extra.size} codes off the circle, scored for every vector)" if analysis.extra.size else "")
+        + (f" (plus {analysis.extra.size} code(s) off the circle, scored for every vector)" if analysis.extra.size else "")
     )
     return LookupPlan("window", reason, num_embed, code_block, tables)
 
@@ -450,8 +450,12 @@ class WindowLookup(nn.Module):
         t = torch.where(larger > 0, smaller / larger, 0.0)
         z = t * float(self.cells_per_octant)  # a power of two: exact
         z = torch.where(z < self.cells_per_octant - 1, z, float(self.cells_per_octant - 1))  # t = 1, NaN
-        octant = (ux < 0).long() * 4 + (uy < 0).long() * 2 + (ay > ax).long()
-        return octant * self.cells_per_octant + z.floor().long(), larger == 0
+        # The octant's first cell, in float (exact: cell ids < 2^24), so that the only integer op is
+        # the final Cast: no bool -> int casts or int64 arithmetic for backends that handle int64 partly.
+        per_octant = float(self.cells_per_octant)
+        first = torch.where(ux < 0, 4.0 * per_octant, 0.0) + torch.where(uy < 0, 2.0 * per_octant, 0.0)
+        first = first + torch.where(ay > ax, per_octant, 0.0)
+        return (first + z.floor()).long(), larger == 0
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         x = graph_normalize(vectors, self.normalization)

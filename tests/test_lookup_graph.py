@@ -435,3 +435,22 @@ def test_fp16_tokenize_keeps_the_window_lookup_values_fp32(tmp_path):
         latent = model.encode_latent(torch.from_numpy(images)).numpy()
     # the fp16 encoder moves the latent; the lookup must still pick near-optimal codes for it
     assert score_gaps(latent, codes, model.quantizer.lookup_spec()).max() < 5e-2
+
+
+def test_lookup_region_is_refused_when_its_scope_or_ops_are_missing(default_tokenize):
+    """The rule that keeps the lookup fp32 in reduced precisions: the nodes under /quantizer/ must hold
+    one lookup form's ops; a renamed scope or a lookup without its reductions is an error, not fp16."""
+    from exporters import ExportError
+
+    _, out, _ = default_tokenize
+    renamed = onnx.load(str(out / "tokenize.onnx"))
+    for node in renamed.graph.node:
+        node.name = node.name.replace("/quantizer/", "/q/")
+    with pytest.raises(ExportError, match="could not find the quantizer lookup"):
+        lookup_node_names("tokenize", renamed)
+    no_reduction = onnx.load(str(out / "tokenize.onnx"))
+    for node in no_reduction.graph.node:
+        if node.name.startswith("/quantizer/") and node.op_type == "ReduceMin":
+            node.op_type = "ReduceMean"
+    with pytest.raises(ExportError, match="Gather \\+ ReduceMax \\+ ReduceMin"):
+        lookup_node_names("tokenize", no_reduction)
