@@ -141,12 +141,10 @@ def ibq_config_from_init_args(args: dict[str, Any]) -> tuple[IBQConfig, bool]:
         raise ConfigError(
             f"remap={args['remap']!r}: token remapping (an index file) is not supported; tokens would not be codebook rows"
         )
-    entropy_weight = 0.0
-    quant_weight = 1.0
+    # Training weights from the loss block (VQLPIPSWithDiscriminator's defaults: 1.0 and 1.0).
     loss_params = _loss_params(args.get("lossconfig"))
-    if args.get("use_entropy_loss", False):
-        entropy_weight = float(loss_params.get("entropy_loss_weight", 1.0))  # VQLPIPSWithDiscriminator's default
-    quant_weight = float(loss_params.get("quant_loss_weight", quant_weight))
+    entropy_weight = float(loss_params.get("entropy_loss_weight", 1.0)) if args.get("use_entropy_loss", False) else 0.0
+    quant_weight = float(loss_params.get("quant_loss_weight", 1.0))
     config = IBQConfig(
         ch=dd["ch"],
         ch_mult=_int_tuple(dd["ch_mult"], "ch_mult"),

@@ -44,6 +44,13 @@ DEFAULT_CODE_BLOCK = 2048
 # step), that lookup held a step to 12 images/s. Accelerators take 256 MiB blocks with the whole
 # codebook in each: one matmul + argmax per block and no host sync.
 ACCELERATOR_BLOCK_ELEMENTS = 64 * 1024 * 1024
+# Wide groups (IBQ's D = 256 in one group) make every block compute-bound: with the small blocks above,
+# many small GEMMs ran 5-6x slower than one full N x V matmul (V = 262,144, d = 256, N = 256..2,048,
+# 2 threads, measured under load). From LARGE_GROUP_DIM on, a CPU block is 64 MiB of fp32 scores with
+# 16,384 codes (1,024 rows): as fast as the full matmul or faster, in bounded memory.
+LARGE_GROUP_DIM = 64
+LARGE_GROUP_BLOCK_ELEMENTS = 16 * 1024 * 1024
+LARGE_GROUP_CODE_BLOCK = 16384
 
 # Exact search limits. A vector whose candidate window holds more codes than this is scored against
 # the whole codebook in float64 instead (rare: near-zero latent groups, heavily clustered codebooks).
@@ -118,7 +125,8 @@ def nearest_codes(
     "exact" always gives the float64-exact answer (sorted search, or float64 brute force over the
     codebook where no sorted search applies, which is slow: a reference for tests and benchmarks).
     `block_elements` and `code_block` size the blocked matmul's scratch; None picks the CPU sizes
-    (DEFAULT_*) on CPU and whole-codebook blocks of ACCELERATOR_BLOCK_ELEMENTS elsewhere.
+    (DEFAULT_*, LARGE_GROUP_* for d >= LARGE_GROUP_DIM) on CPU and whole-codebook blocks of
+    ACCELERATOR_BLOCK_ELEMENTS elsewhere.
     """
     if method not in ("auto", "exact", "blocked"):
         raise ValueError(f"unknown lookup method {method!r}; use 'auto', 'exact' or 'blocked'")
@@ -140,10 +148,17 @@ def _nearest_codes_fp32(vectors: torch.Tensor, tables: LookupTables, block_eleme
         if method == "exact":
             return _brute_force_exact(x, _all_codes(tables, x.device))
     on_cpu = x.device.type == "cpu"
+    wide = tables.group_dim >= LARGE_GROUP_DIM
     if block_elements is None:
-        block_elements = DEFAULT_BLOCK_ELEMENTS if on_cpu else ACCELERATOR_BLOCK_ELEMENTS
+        if not on_cpu:
+            block_elements = ACCELERATOR_BLOCK_ELEMENTS
+        else:
+            block_elements = LARGE_GROUP_BLOCK_ELEMENTS if wide else DEFAULT_BLOCK_ELEMENTS
     if code_block is None:
-        code_block = DEFAULT_CODE_BLOCK if on_cpu else tables.weight.shape[0]
+        if not on_cpu:
+            code_block = tables.weight.shape[0]
+        else:
+            code_block = LARGE_GROUP_CODE_BLOCK if wide else DEFAULT_CODE_BLOCK
     return _blocked_matmul_search(x, tables, block_elements, code_block)
 
 
@@ -156,9 +171,13 @@ def _augmented_weight_t(tables: LookupTables, device: torch.device) -> torch.Ten
     key = ("augmented_weight_t", device)
     if key not in tables._cache:
         weight = tables.weight.to(device)
-        if tables.bias is not None:
+        if tables.bias is None:
+            # A transposed view: the matmul reads it as is, so a large codebook (IBQ: 256 MiB at
+            # V = 262,144, d = 256) is not held twice.
+            tables._cache[key] = weight.T
+        else:
             weight = torch.cat([weight, tables.bias.to(device)[:, None]], dim=1)
-        tables._cache[key] = weight.T.contiguous()
+            tables._cache[key] = weight.T.contiguous()
     return tables._cache[key]
 
 

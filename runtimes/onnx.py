@@ -136,6 +136,10 @@ class OnnxRuntime(ArtifactRuntime):
                 "extended": levels.ORT_ENABLE_EXTENDED,
                 "all": levels.ORT_ENABLE_ALL,
             }[self.graph_optimization]
+            # Run nodes in the graph's order: by default ORT starts every code block's MatMul of the
+            # dense lookup before reducing any, so several [vectors, code block] score matrices live
+            # at once (IBQ, V = 262,144, D = 256, 1,024 vectors: +1.6 GB instead of +0.54 GB; same speed).
+            options.execution_order = self._ort.ExecutionOrder.PRIORITY_BASED
             options.log_severity_level = 3
             if self.threads is not None:
                 options.intra_op_num_threads = self.threads
