@@ -9,10 +9,14 @@ Measures images per second of
   pipeline  gsq-tokenize (local Ray instance, --num-cpus = this machine) per backend and worker count;
             "steady" counts from the first tokenized batch to the last (Ray and model start-up excluded),
             "overall" is the whole command including Ray's start-up
-on photos made from scikit-image's sample photos (random crops 260-512 px and flips, JPEG), so it
-runs anywhere without downloads. Writes DIR/report.json and DIR/report.md (the table in
-docs/tokenize.md) with the load average around every measurement: numbers taken on a shared
-machine are noisy, compare ratios measured in one run.
+and the CPU time each spends per image (every process of the command: Ray's, the decode tasks',
+the tokenizer actors'), less, for gsq-tokenize, the CPU time of the same command re-run with
+nothing left to do (Ray's start-up and shut-down, the driver's checks). On a machine shared with
+other work, wall-clock img/s depend on how the scheduler shares the cores out; CPU seconds per
+image do not, and cores / (CPU s per image) is the img/s a quiet machine would reach if the work
+spreads over its cores. Photos are made from scikit-image's sample photos (random crops
+260-512 px and flips, JPEG), so it runs anywhere without downloads. Writes DIR/report.json and
+DIR/report.md (the table in docs/tokenize.md) with the load average around every measurement.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +67,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+class SessionCpu:
+    """CPU seconds of every process in one session (a command started with start_new_session and
+    all it starts), sampled from /proc while it runs: each process's last utime + stime."""
+
+    def __init__(self, session: int, interval_s: float = 0.1):
+        self.session, self.interval_s = session, interval_s
+        self.ticks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) == self.session:  # fields after the name: state ppid pgrp session ...
+                    self.ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(result, wall seconds, CPU seconds of the command and everything it started)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    meter = SessionCpu(os.getsid(process.pid))
+    stdout, stderr = process.communicate()
+    wall = time.perf_counter() - started
+    time.sleep(0.3)  # Ray's last processes exit just after the driver
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), wall, meter.stop()
 
 
 # -- the photos --------------------------------------------------------------------------------------
@@ -104,18 +153,24 @@ def naive_loop(model: str, paths: list[Path], size: int, device: str, out: Path)
     def one(path: Path) -> None:
         with Image.open(path) as image:
             pixels = adm_center_crop(image.convert("RGB"), size)
-        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(device)
+        batch = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(device)
         with torch.no_grad():
             codes = tokenizer.encode(batch)
         np.save(out / f"{path.stem}.npy", codes.cpu().numpy())
 
     one(paths[0])  # warm-up
     load = load_average()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         one(path)
-    seconds = time.perf_counter() - started
-    return {"images": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds, "load_1m": load}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {
+        "images": len(paths),
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds,
+        "cpu_s_per_image": cpu / len(paths),
+        "load_1m": load,
+    }
 
 
 def ceiling(backend: str, model: str, paths: list[Path], size: int, batch: int, device: str) -> dict[str, Any]:
@@ -133,11 +188,17 @@ def ceiling(backend: str, model: str, paths: list[Path], size: int, batch: int, 
     images = model_input(np.stack([preprocess_file(path, size) for path in paths]))
     runtime.encode(images[:batch])  # warm-up
     load = load_average()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(images), batch):
         runtime.encode(images[start : start + batch])
-    seconds = time.perf_counter() - started
-    return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds, "load_1m": load}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_s": len(images) / seconds,
+        "cpu_s_per_image": cpu / len(images),
+        "load_1m": load,
+    }
 
 
 def pipeline(
@@ -146,19 +207,22 @@ def pipeline(
     """One gsq-tokenize command on a local Ray instance; its manifest has the run's timings."""
     command = [sys.executable, "-m", "gsq_dataset", "--backend", backend, "--model", model, "--input", str(photos)]
     command += ["--output", str(out), "--size", str(size), "--batch-size", str(batch), "--workers", str(workers)]
-    command += ["--overwrite", "--no-progress"]
+    command += ["--no-progress"]
     if backend == "torch" and device != "cpu":
         command += ["--device", device]
     load = load_average()
-    started = time.perf_counter()
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    completed, wall, cpu = run_measured([*command, "--overwrite"])
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         return {"status": "error", "reason": last}
     run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
     images = int(run["tokenized"])
+    again, _, fixed_cpu = run_measured(command)  # nothing left to do: the fixed costs
+    if again.returncode != 0 or "tokenized 0 images" not in again.stdout:
+        return {"status": "error", "reason": f"the re-run did not find everything done: {again.stdout[-300:]}"}
     return {
+        "cpu_s_per_image": (cpu - fixed_cpu) / images,
+        "cpu_s_fixed": fixed_cpu,
         "images": images,
         "overall_images_per_s": images / wall,
         "steady_images_per_s": run["steady_images_per_s"],
@@ -190,32 +254,41 @@ def gpu_busy_fraction(sampler: subprocess.Popen | None) -> float | None:
 # -- the report ----------------------------------------------------------------------------------------
 def table(report: dict[str, Any]) -> str:
     naive = report["naive"]["images_per_s"]
+    cores = report["machine"]["usable_cpus"]
     lines = [
         f"{report['images']} photos, --size {report['size']}, model {report['model']}, batch {report['batch_size']}, "
         f"device {report['device']}; {report['machine']['logical_cpus']} CPUs ({report['machine']['cpu']})",
         "",
-        "| what | backend | workers | img/s (steady) | img/s (whole command) | vs ceiling | vs naive | tokenizer busy | load 1m |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| naive loop (batch 1, .npy per image) | torch | 1 | {naive:.2f} | | | 1.00x | | {report['naive']['load_1m']} |",
+        "| what | backend | workers | img/s (steady) | img/s (whole command) | vs ceiling | vs naive | tokenizer busy "
+        "| CPU s / image | cores / CPU s per image (img/s) | CPU: vs ceiling | CPU: vs naive | load 1m |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| naive loop (batch 1, .npy per image) | torch | 1 | {naive:.2f} | | | 1.00x | | "
+        f"{report['naive']['cpu_s_per_image']:.3f} | {cores / report['naive']['cpu_s_per_image']:.2f} | | 1.00x | "
+        f"{report['naive']['load_1m']} |",
     ]
+    naive_cpu = report["naive"]["cpu_s_per_image"]
     for backend, ceiling_result in report["ceiling"].items():
-        rate = ceiling_result["images_per_s"]
+        rate, cpu = ceiling_result["images_per_s"], ceiling_result["cpu_s_per_image"]
         lines.append(
             f"| tokenizer alone (preloaded arrays) | {backend} | 1 | {rate:.2f} | | 1.00x | {rate / naive:.2f}x | | "
-            f"{ceiling_result['load_1m']} |"
+            f"{cpu:.3f} | {cores / cpu:.2f} | 1.00x | {naive_cpu / cpu:.2f}x | {ceiling_result['load_1m']} |"
         )
     for entry in report["pipeline"]:
         if entry.get("status") == "error":
-            lines.append(f"| gsq-tokenize | {entry['backend']} | {entry['workers']} | error: {entry['reason']} | | | | | |")
+            lines.append(f"| gsq-tokenize | {entry['backend']} | {entry['workers']} | error: {entry['reason']} | | | | | | | | | |")
             continue
         steady = entry["steady_images_per_s"] or 0.0
         bound = report["ceiling"].get(entry["backend"], {}).get("images_per_s")
         versus = f"{steady / bound:.2f}x" if bound else ""
+        cpu = entry["cpu_s_per_image"]
+        bound_cpu = report["ceiling"].get(entry["backend"], {}).get("cpu_s_per_image")
+        cpu_versus = f"{bound_cpu / cpu:.2f}x" if bound_cpu else ""
         gpu = f", GPU busy {entry['gpu_busy']:.0%}" if entry.get("gpu_busy") is not None else ""
         busy = f"{entry['tokenizer_busy']:.0%}" if entry.get("tokenizer_busy") is not None else ""
         lines.append(
             f"| gsq-tokenize{gpu} | {entry['backend']} | {entry['workers']} | {steady:.2f} | "
-            f"{entry['overall_images_per_s']:.2f} | {versus} | {steady / naive:.2f}x | {busy} | {entry['load_1m']} |"
+            f"{entry['overall_images_per_s']:.2f} | {versus} | {steady / naive:.2f}x | {busy} | {cpu:.3f} | "
+            f"{cores / cpu:.2f} | {cpu_versus} | {naive_cpu / cpu:.2f}x | {entry['load_1m']} |"
         )
     return "\n".join(lines) + "\n"
 

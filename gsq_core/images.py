@@ -188,15 +188,17 @@ def decode_image(
 
 
 def rgb_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> PILImage.Image:
-    """An 8-bit RGB PIL image under the same rules, for PIL augmentation pipelines (training crops)."""
+    """An 8-bit RGB PIL image under the same rules, for PIL pipelines (training crops, gsq-tokenize's
+    ADM crop). 8-bit sources skip the float round trip (exactly the same pixels, a third of the time)."""
     from PIL import Image
 
     label = _label(source, name)
-    if isinstance(source, (bytes, bytearray)):
-        loaded = decode_image(source, label, max_pixels=max_pixels)
-    else:
-        loaded = read_image(source, max_pixels=max_pixels)
-    return Image.fromarray(float_to_uint8(loaded.pixels))
+    handle = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
+    with opened_image(handle, label) as image:
+        pixels, _ = _rgb_pixels(image, label, _budget(max_pixels))
+    if pixels.dtype != np.uint8:  # 16-bit and float sources: scaled as decode_image scales them
+        pixels = float_to_uint8(_float_pixels(pixels))
+    return Image.fromarray(pixels)
 
 
 # -- the rules ----------------------------------------------------------------------------------------
@@ -219,8 +221,21 @@ def _header(image: PILImage.Image, label: str, max_pixels: int) -> ImageHeader:
 def _decode(
     image: PILImage.Image, path: Path, label: str, size: tuple[int, int] | None, max_pixels: int
 ) -> LoadedImage:
-    header = _header(image, label, max_pixels)
+    pixels, header = _rgb_pixels(image, label, max_pixels)
     notes = list(header.notes)
+    resized_from = None
+    if size is not None and pixels.shape[:2] != tuple(size):
+        resized_from = (int(pixels.shape[0]), int(pixels.shape[1]))
+        pixels = _resize(pixels, size)
+        notes.append(f"{label}: resized {resized_from[0]}x{resized_from[1]} to {size[0]}x{size[1]} (bicubic)")
+    converted = None if header.mode == "RGB" else header.mode
+    return LoadedImage(path, _float_pixels(pixels), converted, resized_from, notes)
+
+
+def _rgb_pixels(image: PILImage.Image, label: str, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
+    """The rules up to the pixels as displayed: header and budget, decoding, conversion, orientation.
+    uint8 [H, W, 3] for 8-bit sources, float32 [H, W, 3] in [0, 1] for 16-bit and float ones."""
+    header = _header(image, label, max_pixels)
     try:
         image.load()
         pixels = _to_rgb_array(image, label)
@@ -228,17 +243,14 @@ def _decode(
         raise InputError(f"{label}: decoding ran out of memory ({header.width}x{header.height})") from None
     if header.orientation != 1:
         pixels = _apply_orientation(pixels, header.orientation)
-    resized_from = None
-    if size is not None and pixels.shape[:2] != tuple(size):
-        resized_from = (int(pixels.shape[0]), int(pixels.shape[1]))
-        pixels = _resize(pixels, size)
-        notes.append(f"{label}: resized {resized_from[0]}x{resized_from[1]} to {size[0]}x{size[1]} (bicubic)")
+    return pixels, header
+
+
+def _float_pixels(pixels: np.ndarray) -> np.ndarray:
+    """_rgb_pixels' output as the model input: float32 [3, H, W] in [-1, 1]."""
     if pixels.dtype == np.uint8:
-        floats = uint8_to_float(pixels)
-    else:  # float32 in [0, 1]
-        floats = (pixels * np.float32(2.0) - np.float32(1.0)).transpose(2, 0, 1).copy()
-    converted = None if header.mode == "RGB" else header.mode
-    return LoadedImage(path, floats, converted, resized_from, notes)
+        return uint8_to_float(pixels)
+    return (pixels * np.float32(2.0) - np.float32(1.0)).transpose(2, 0, 1).copy()  # float32 in [0, 1]
 
 
 def _to_rgb_array(image: PILImage.Image, label: str) -> np.ndarray:

@@ -87,8 +87,9 @@ def photo_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory) -> str:
-    """A real `ray start --head --block` on 127.0.0.1 and free ports, in its own process group."""
+def ray_head(tmp_path_factory) -> tuple[str, int]:
+    """A real `ray start --head --block` on 127.0.0.1 and free ports, in its own process group:
+    (address, process group id)."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="gsq-test-ray-")  # short: Ray's socket paths have a length limit
     env = {**os.environ, **LOOPBACK_ENV}
@@ -113,11 +114,17 @@ def ray_cluster(tmp_path_factory) -> str:
             if time.monotonic() > deadline:
                 pytest.fail(f"the Ray head did not come up: {ready.stderr[-2000:]}")
             time.sleep(1)
-        yield address
+        yield address, head.pid
     finally:
         kill_group(head)
         log.close()
         subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_head) -> str:
+    """The shared cluster's address."""
+    return ray_head[0]
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -427,6 +434,54 @@ def test_sigkill_part_way_then_the_same_command_finishes_every_id_once(ray_clust
     tokenized_now = int(resumed.stdout.split("tokenized ")[1].split(" ")[0])
     assert done_before >= 2 and tokenized_now + done_before == len(photos)
     assert not (out / "_staging").exists()
+
+
+def tokenizer_actor_pids(process_group: int) -> list[int]:
+    """Processes of the cluster's process group that run a gsq-tokenize tokenizer actor (Ray names
+    actor processes ray::<class>), read from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if group == process_group and "MapBatches(Tokenizer)" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_lost_worker_is_replaced_and_the_run_finishes_every_id_once(ray_head, tmp_path):
+    address, process_group = ray_head
+    src = tmp_path / "photos"
+    src.mkdir()
+    photos = photo_crops("rocket", 20, seed=21) + photo_crops("chelsea", 20, seed=22)
+    for index, pixels in enumerate(photos):
+        (src / f"{index:03d}.png").write_bytes(encoded(pixels, "PNG"))
+    out = tmp_path / "tokens"
+    args = ["--model", "default", "--input", str(src), "--output", str(out), "--size", "128"]
+    args += ["--batch-size", "2", "--rows-per-shard", "2", "--workers", "1", "--threads", "1"]
+    command = [sys.executable, "-m", "gsq_dataset", "--no-progress", *args, "--ray-address", address]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: list[int] = []
+    deadline = time.monotonic() + 240
+    while driver.poll() is None and time.monotonic() < deadline and not killed:
+        staged = list((out / "_staging").rglob("*.parquet")) if (out / "_staging").exists() else []
+        actors = tokenizer_actor_pids(process_group)
+        if staged and actors:
+            for pid in actors:  # the worker process dies, as on a lost node; the driver lives on
+                os.kill(pid, signal.SIGKILL)
+            killed = actors
+        time.sleep(0.02)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert killed, f"no tokenizer actor was found to kill before the run ended: {stderr[-2000:]}"
+    assert driver.returncode == 0, stderr[-4000:]
+    ids = shard_table(out).column("id").to_pylist()
+    assert sorted(ids) == [f"{index:03d}.png" for index in range(len(photos))]  # every id exactly once
+    assert f"tokenized {len(photos)} images this run" in stdout
 
 
 # -- bad input: one error line ---------------------------------------------------------------------------
