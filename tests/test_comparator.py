@@ -10,7 +10,14 @@ import skimage.data
 from skimage.metrics import structural_similarity
 
 from gsq_core.comparator import Comparator, Mismatch, ssim
-from gsq_core.fidelity import LookupSpec, psnr, score_gaps
+from gsq_core.fidelity import (
+    LookupSpec,
+    codebook_perplexity,
+    codebook_usage,
+    latent_to_vectors,
+    psnr,
+    score_gaps,
+)
 from gsq_core.images import float_to_uint8, uint8_to_float
 
 
@@ -41,9 +48,27 @@ def test_ssim_is_scikit_images_on_the_8_bit_images():
         ssim(image, noisy[:, :40])
 
 
+def cosine_gaps(spec: LookupSpec, latent: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Best cosine minus the chosen code's cosine, per token, written out here (not score_gaps)."""
+    vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 3)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = vectors @ (spec.codebook / np.linalg.norm(spec.codebook, axis=1, keepdims=True)).T
+    return cosines.max(axis=1) - cosines[np.arange(len(cosines)), codes.reshape(-1)]
+
+
+def test_score_gaps_are_the_cosine_gaps():
+    spec, latent, best = lookup_problem()
+    worst = np.argmin(
+        latent_to_vectors(latent, 2) @ spec.codebook.T / np.linalg.norm(spec.codebook, axis=1), axis=1
+    ).reshape(best.shape)
+    for codes in (best, np.zeros_like(best), worst):
+        np.testing.assert_allclose(score_gaps(latent, codes, spec), cosine_gaps(spec, latent, codes), atol=1e-12)
+    assert score_gaps(latent, worst, spec).min() > 0.1  # the worst code of every token is far from the best
+
+
 def test_token_agreement_and_margins_of_disagreements():
     spec, latent, best = lookup_problem()
-    gaps = score_gaps(latent, np.zeros_like(best), spec)  # every token replaced by code 0
+    gaps = cosine_gaps(spec, latent, np.zeros_like(best))  # every token replaced by code 0
     codes = best.copy()
     flat = codes.reshape(-1)
     flipped = np.arange(0, flat.size, 5)  # every fifth token: code 0 instead of the best one
@@ -91,6 +116,34 @@ def test_usage_and_perplexity_count_the_codes_seen():
     report = comparator.report()
     assert report["codebook_usage"] == pytest.approx(2 / 32)
     assert report["codebook_perplexity"] == pytest.approx(2.0)
+    comparator.add_codes(np.arange(best.size).reshape(best.shape) % 32, best, latent, every_token=False)
+    counts = np.bincount(np.concatenate([codes.reshape(-1), np.arange(best.size) % 32]), minlength=32)
+    probabilities = counts / counts.sum()
+    assert comparator.report()["codebook_usage"] == 1.0  # every code seen over the two batches
+    assert comparator.report()["codebook_perplexity"] == pytest.approx(np.exp(-(probabilities * np.log(probabilities)).sum()))
+
+
+@pytest.mark.parametrize(
+    "codes, usage, perplexity",
+    [
+        ([5, 5, 5, 5], 1 / 16, 1.0),
+        ([0, 1, 2, 3], 4 / 16, 4.0),
+        ([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7], 8 / 16, 8.0),
+        ([0, 0, 0, 1], 2 / 16, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),
+        (list(range(16)), 1.0, 16.0),
+    ],
+)
+def test_usage_and_perplexity_of_known_histograms(codes, usage, perplexity):
+    assert codebook_usage(np.array(codes), 16) == pytest.approx(usage)
+    assert codebook_perplexity(np.array(codes), 16) == pytest.approx(perplexity)
+
+
+def test_psnr_of_known_errors():
+    reference = np.zeros((3, 8, 8))
+    assert psnr(reference, reference + 0.1) == pytest.approx(10 * math.log10(4 / 0.01))  # 26.02 dB
+    assert psnr(reference, reference - 0.02) == pytest.approx(10 * math.log10(4 / 0.0004))  # 40 dB
+    assert psnr(reference, reference + 0.1, data_range=1.0) == pytest.approx(20.0)
+    assert math.isinf(psnr(reference, reference))
 
 
 def test_latent_error_is_relative_to_the_reference_and_nan_is_infinite():
