@@ -248,6 +248,9 @@ def test_batches_run_in_chunks_that_fit_the_budget(monkeypatch):
     assert sum(sizes) == 20 and max(sizes) == per_call
     small_block = runtime(lookup={"code_block": 16})
     assert small_block.work_limit(64, 64, "encode") == batch_limit(CONFIG, 64, 64, "encode", lookup_bytes_per_token=4 * 4 * 16)
+    window = runtime(lookup={"code_block": 65536, "scratch_bytes_per_vector": 96})  # a window lookup's few codes
+    assert window.work_limit(64, 64, "encode") == batch_limit(CONFIG, 64, 64, "encode", lookup_bytes_per_token=4 * 96)
+    assert window.work_limit(64, 64, "encode") > per_call
     monkeypatch.setenv("GSQ_MEMORY_BUDGET", "1M")
     with pytest.raises(InputError, match="--resize"):
         limited.encode(images(batch=1, height=512, width=512))
