@@ -48,6 +48,24 @@ def test_ssim_is_scikit_images_on_the_8_bit_images():
         ssim(image, noisy[:, :40])
 
 
+@pytest.mark.parametrize("height, width, window", [(7, 9, 7), (6, 20, 5), (9, 4, 3), (3, 3, 3)])
+def test_ssim_window_is_the_largest_odd_one_that_fits(height, width, window):
+    image = photo()[:, :height, :width]
+    noisy = np.clip(image + np.random.default_rng(2).normal(scale=0.2, size=image.shape), -1, 1)
+    expected = structural_similarity(
+        float_to_uint8(image), float_to_uint8(noisy), channel_axis=2, data_range=255, win_size=window
+    )
+    assert ssim(image, noisy) == pytest.approx(expected)
+
+
+def test_ssim_refuses_what_it_cannot_compare():
+    image = photo()
+    with pytest.raises(Mismatch, match="at least 3x3 pixels, got 2x8"):
+        ssim(image[:, :2, :8], image[:, :2, :8])
+    with pytest.raises(Mismatch, match=r"two \[3, H, W\] images of one shape"):
+        ssim(image[None], image[None])
+
+
 def cosine_gaps(spec: LookupSpec, latent: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Best cosine minus the chosen code's cosine, per token, written out here (not score_gaps)."""
     vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 3)
@@ -185,3 +203,56 @@ def test_quality_against_the_input_clips_and_averages():
     clipped = np.clip(recon[0], -1, 1)
     assert comparator.report()["psnr_vs_input_db"] == pytest.approx(psnr(image[0], clipped))
     assert comparator.report()["ssim_vs_input"] == pytest.approx(ssim(image[0], clipped))
+
+
+# -- score gaps of every lookup kind, written out by hand ------------------------------------------------
+def hand_gaps(vectors: np.ndarray, codebook: np.ndarray, codes: np.ndarray, normalization: str, distance: bool):
+    """Best score minus the chosen code's score, each score computed plainly per vector and code:
+    the cosine for l2 (the same argmax as the distance on the sphere), else minus the squared
+    distance or the dot product."""
+    def normalized(rows):
+        if normalization == "l2":
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        if normalization == "l1":
+            return rows / np.abs(rows).sum(axis=1, keepdims=True)
+        if normalization == "clip":
+            return np.clip(rows, -1, 1)
+        return rows
+
+    x, c = normalized(vectors), normalized(codebook)
+    gaps = []
+    for row, code in zip(x, codes):
+        scores = [-((row - entry) ** 2).sum() if distance and normalization != "l2" else (row * entry).sum() for entry in c]
+        gaps.append(max(scores) - scores[code])
+    return np.array(gaps)
+
+
+@pytest.mark.parametrize(
+    "normalization, distance",
+    [("l2", True), ("l2", False), ("l1", True), ("clip", True), ("none", True), ("none", False)],
+)
+def test_score_gaps_of_every_lookup_kind(normalization, distance, monkeypatch):
+    import gsq_core.fidelity as fidelity
+
+    rng = np.random.default_rng(7)
+    codebook = rng.normal(scale=0.8, size=(24, 4))
+    spec = LookupSpec(codebook=codebook, num_group=2, normalization=normalization, uses_distance=distance)
+    latent = rng.normal(scale=0.7, size=(1, 8, 3, 5))  # norms on both sides of 1
+    vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 4)
+    codes = rng.integers(0, 24, size=(1, 3, 5, 2))
+    expected = hand_gaps(vectors, codebook, codes.reshape(-1), normalization, distance)
+    assert expected.max() > 0.05 and (expected >= 0).all()
+    np.testing.assert_allclose(score_gaps(latent, codes, spec), expected, rtol=1e-9, atol=1e-12)
+    monkeypatch.setattr(fidelity, "SCORE_BLOCK_BYTES", 8 * 24 * 4)  # blocks of 4 rows: 30 rows, a partial last block
+    np.testing.assert_allclose(score_gaps(latent, codes, spec), expected, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="29 tokens for 30 latent vectors"):
+        score_gaps(latent, codes.reshape(-1)[:29], spec)
+
+
+def test_latent_vectors_are_in_token_order():
+    latent = np.arange(2 * 6 * 2 * 3, dtype=np.float64).reshape(2, 6, 2, 3)  # B=2, D=6 (G=3, d=2), h=2, w=3
+    vectors = latent_to_vectors(latent, 3)
+    assert vectors.shape == (2 * 2 * 3 * 3, 2) and vectors.dtype == np.float64
+    # token (b, y, x, g) holds channels g*d .. g*d + d - 1 at that position
+    b, y, x, g = 1, 1, 2, 2
+    np.testing.assert_array_equal(vectors[((b * 2 + y) * 3 + x) * 3 + g], latent[b, 2 * g : 2 * g + 2, y, x])
