@@ -193,3 +193,86 @@ def test_compare_passes_each_runtime_only_the_options_it_declares():
     assert runtime_options("openvino", 3) == {"threads": 3}
     assert runtime_options("trt", 3) == {}  # TensorRT takes a device, not threads
     assert runtime_options("torch", 3) == {}  # the reference's threads are set in its worker
+
+
+# -- what the timings mean: a runtime whose calls take known (simulated) time ---------------------------
+class ClockedRuntime:
+    """A runtime whose encode / decode advance a fake clock by a known time per image."""
+
+    def __init__(self, clock: list[float], encode_s: float, decode_s: float):
+        self.clock, self.encode_s, self.decode_s = clock, encode_s, decode_s
+        self.info = {"backend": "clocked", "device": "cpu"}
+
+    def encode(self, images):
+        import numpy as np
+
+        self.clock[0] += self.encode_s * images.shape[0]
+        return np.zeros((images.shape[0], 1, 1, 1), np.int64)
+
+    def decode(self, codes):
+        import numpy as np
+
+        self.clock[0] += self.decode_s * codes.shape[0]
+        return np.zeros((codes.shape[0], 3, 8, 8), np.float32)
+
+    def encode_latent(self, images):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def clocked_job(monkeypatch, tmp_path, encode_s: float, decode_s: float) -> dict:
+    """benchmarks.backend_worker.run_job on a ClockedRuntime, with time.perf_counter on its clock."""
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    import runtimes
+    from benchmarks.backend_worker import run_job
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(runtimes, "load_runtime", lambda *args, **kwargs: ClockedRuntime(clock, encode_s, decode_s))
+    paths = []
+    for index in range(2):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(np.full((8, 8, 3), 40 * index, np.uint8)).save(paths[-1])
+    job = {"backend": "clocked", "model": "unused", "images": [str(p) for p in paths], "repeats": 3,
+           "batch_sizes": [1, 4], "outputs": str(tmp_path / f"outputs-{encode_s}.npz")}  # fmt: skip
+    return run_job(job)
+
+
+def test_worker_throughput_and_latency_are_what_the_calls_took(monkeypatch, tmp_path):
+    result = clocked_job(monkeypatch, tmp_path, encode_s=0.002, decode_s=0.010)
+    assert result["status"] == "ok" and result["has_latent"] is False
+    assert result["encode_ms"]["median_ms"] == pytest.approx(2.0)
+    assert result["decode_ms"]["median_ms"] == pytest.approx(10.0)
+    for batch in ("1", "4"):
+        assert result["throughput"][batch]["encode_img_s"] == pytest.approx(500.0)
+        assert result["throughput"][batch]["decode_img_s"] == pytest.approx(100.0)
+    slow = clocked_job(monkeypatch, tmp_path, encode_s=0.004, decode_s=0.040)
+    assert slow["throughput"]["4"]["encode_img_s"] == pytest.approx(250.0)
+    assert slow["throughput"]["4"]["decode_img_s"] == pytest.approx(25.0)
+
+
+def test_report_record_takes_the_best_batch_and_the_ratios_to_eager():
+    from benchmarks.compare import result_record
+
+    def worker(encode_ms, decode_ms, throughput):
+        timing = lambda median: {"median_ms": median, "p95_ms": 2 * median, "spread_pct": 1.0}  # noqa: E731
+        return {"throughput": throughput, "encode_ms": timing(encode_ms), "decode_ms": timing(decode_ms),
+                "info": {"device": "cpu"}, "peak_rss_mb": 100.0, "torch_loaded": False}  # fmt: skip
+
+    backend = worker(2.0, 10.0, {"1": {"encode_img_s": 400.0, "decode_img_s": 90.0},
+                                 "8": {"encode_img_s": 500.0, "decode_img_s": 80.0}})  # fmt: skip
+    eager = worker(4.0, 5.0, {"1": {"encode_img_s": 200.0, "decode_img_s": 150.0},
+                              "8": {"encode_img_s": 250.0, "decode_img_s": 200.0}})  # fmt: skip
+    extra = {"flops": {"encode": 1e9, "decode": 2e9}, "matmul_gflops": 1000.0, "artifact_mb": 1.0}
+    record = result_record("onnx", "fp32", backend, {"token_agreement": 1.0}, eager, extra)
+    assert record["throughput_img_s"] == 500.0 and record["decode_throughput_img_s"] == 90.0
+    assert record["speedup_vs_eager"] == 2.0 and record["decode_speedup_vs_eager"] == 0.5
+    assert record["throughput_speedup_vs_eager"] == 2.0
+    assert record["encode_fraction_of_peak"] == pytest.approx(0.5) and record["decode_fraction_of_peak"] == pytest.approx(0.18)
+    assert record["encode_ms_p95"] == 4.0 and record["decode_ms_p50"] == 10.0 and record["token_agreement"] == 1.0

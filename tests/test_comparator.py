@@ -10,7 +10,14 @@ import skimage.data
 from skimage.metrics import structural_similarity
 
 from gsq_core.comparator import Comparator, Mismatch, ssim
-from gsq_core.fidelity import LookupSpec, psnr, score_gaps
+from gsq_core.fidelity import (
+    LookupSpec,
+    codebook_perplexity,
+    codebook_usage,
+    latent_to_vectors,
+    psnr,
+    score_gaps,
+)
 from gsq_core.images import float_to_uint8, uint8_to_float
 
 
@@ -41,9 +48,45 @@ def test_ssim_is_scikit_images_on_the_8_bit_images():
         ssim(image, noisy[:, :40])
 
 
+@pytest.mark.parametrize("height, width, window", [(7, 9, 7), (6, 20, 5), (9, 4, 3), (3, 3, 3)])
+def test_ssim_window_is_the_largest_odd_one_that_fits(height, width, window):
+    image = photo()[:, :height, :width]
+    noisy = np.clip(image + np.random.default_rng(2).normal(scale=0.2, size=image.shape), -1, 1)
+    expected = structural_similarity(
+        float_to_uint8(image), float_to_uint8(noisy), channel_axis=2, data_range=255, win_size=window
+    )
+    assert ssim(image, noisy) == pytest.approx(expected)
+
+
+def test_ssim_refuses_what_it_cannot_compare():
+    image = photo()
+    with pytest.raises(Mismatch, match="at least 3x3 pixels, got 2x8"):
+        ssim(image[:, :2, :8], image[:, :2, :8])
+    with pytest.raises(Mismatch, match=r"two \[3, H, W\] images of one shape"):
+        ssim(image[None], image[None])
+
+
+def cosine_gaps(spec: LookupSpec, latent: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Best cosine minus the chosen code's cosine, per token, written out here (not score_gaps)."""
+    vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 3)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = vectors @ (spec.codebook / np.linalg.norm(spec.codebook, axis=1, keepdims=True)).T
+    return cosines.max(axis=1) - cosines[np.arange(len(cosines)), codes.reshape(-1)]
+
+
+def test_score_gaps_are_the_cosine_gaps():
+    spec, latent, best = lookup_problem()
+    worst = np.argmin(
+        latent_to_vectors(latent, 2) @ spec.codebook.T / np.linalg.norm(spec.codebook, axis=1), axis=1
+    ).reshape(best.shape)
+    for codes in (best, np.zeros_like(best), worst):
+        np.testing.assert_allclose(score_gaps(latent, codes, spec), cosine_gaps(spec, latent, codes), atol=1e-12)
+    assert score_gaps(latent, worst, spec).min() > 0.1  # the worst code of every token is far from the best
+
+
 def test_token_agreement_and_margins_of_disagreements():
     spec, latent, best = lookup_problem()
-    gaps = score_gaps(latent, np.zeros_like(best), spec)  # every token replaced by code 0
+    gaps = cosine_gaps(spec, latent, np.zeros_like(best))  # every token replaced by code 0
     codes = best.copy()
     flat = codes.reshape(-1)
     flipped = np.arange(0, flat.size, 5)  # every fifth token: code 0 instead of the best one
@@ -91,6 +134,34 @@ def test_usage_and_perplexity_count_the_codes_seen():
     report = comparator.report()
     assert report["codebook_usage"] == pytest.approx(2 / 32)
     assert report["codebook_perplexity"] == pytest.approx(2.0)
+    comparator.add_codes(np.arange(best.size).reshape(best.shape) % 32, best, latent, every_token=False)
+    counts = np.bincount(np.concatenate([codes.reshape(-1), np.arange(best.size) % 32]), minlength=32)
+    probabilities = counts / counts.sum()
+    assert comparator.report()["codebook_usage"] == 1.0  # every code seen over the two batches
+    assert comparator.report()["codebook_perplexity"] == pytest.approx(np.exp(-(probabilities * np.log(probabilities)).sum()))
+
+
+@pytest.mark.parametrize(
+    "codes, usage, perplexity",
+    [
+        ([5, 5, 5, 5], 1 / 16, 1.0),
+        ([0, 1, 2, 3], 4 / 16, 4.0),
+        ([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7], 8 / 16, 8.0),
+        ([0, 0, 0, 1], 2 / 16, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),
+        (list(range(16)), 1.0, 16.0),
+    ],
+)
+def test_usage_and_perplexity_of_known_histograms(codes, usage, perplexity):
+    assert codebook_usage(np.array(codes), 16) == pytest.approx(usage)
+    assert codebook_perplexity(np.array(codes), 16) == pytest.approx(perplexity)
+
+
+def test_psnr_of_known_errors():
+    reference = np.zeros((3, 8, 8))
+    assert psnr(reference, reference + 0.1) == pytest.approx(10 * math.log10(4 / 0.01))  # 26.02 dB
+    assert psnr(reference, reference - 0.02) == pytest.approx(10 * math.log10(4 / 0.0004))  # 40 dB
+    assert psnr(reference, reference + 0.1, data_range=1.0) == pytest.approx(20.0)
+    assert math.isinf(psnr(reference, reference))
 
 
 def test_latent_error_is_relative_to_the_reference_and_nan_is_infinite():
@@ -132,3 +203,56 @@ def test_quality_against_the_input_clips_and_averages():
     clipped = np.clip(recon[0], -1, 1)
     assert comparator.report()["psnr_vs_input_db"] == pytest.approx(psnr(image[0], clipped))
     assert comparator.report()["ssim_vs_input"] == pytest.approx(ssim(image[0], clipped))
+
+
+# -- score gaps of every lookup kind, written out by hand ------------------------------------------------
+def hand_gaps(vectors: np.ndarray, codebook: np.ndarray, codes: np.ndarray, normalization: str, distance: bool):
+    """Best score minus the chosen code's score, each score computed plainly per vector and code:
+    the cosine for l2 (the same argmax as the distance on the sphere), else minus the squared
+    distance or the dot product."""
+    def normalized(rows):
+        if normalization == "l2":
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        if normalization == "l1":
+            return rows / np.abs(rows).sum(axis=1, keepdims=True)
+        if normalization == "clip":
+            return np.clip(rows, -1, 1)
+        return rows
+
+    x, c = normalized(vectors), normalized(codebook)
+    gaps = []
+    for row, code in zip(x, codes):
+        scores = [-((row - entry) ** 2).sum() if distance and normalization != "l2" else (row * entry).sum() for entry in c]
+        gaps.append(max(scores) - scores[code])
+    return np.array(gaps)
+
+
+@pytest.mark.parametrize(
+    "normalization, distance",
+    [("l2", True), ("l2", False), ("l1", True), ("clip", True), ("none", True), ("none", False)],
+)
+def test_score_gaps_of_every_lookup_kind(normalization, distance, monkeypatch):
+    import gsq_core.fidelity as fidelity
+
+    rng = np.random.default_rng(7)
+    codebook = rng.normal(scale=0.8, size=(24, 4))
+    spec = LookupSpec(codebook=codebook, num_group=2, normalization=normalization, uses_distance=distance)
+    latent = rng.normal(scale=0.7, size=(1, 8, 3, 5))  # norms on both sides of 1
+    vectors = latent.transpose(0, 2, 3, 1).reshape(-1, 4)
+    codes = rng.integers(0, 24, size=(1, 3, 5, 2))
+    expected = hand_gaps(vectors, codebook, codes.reshape(-1), normalization, distance)
+    assert expected.max() > 0.05 and (expected >= 0).all()
+    np.testing.assert_allclose(score_gaps(latent, codes, spec), expected, rtol=1e-9, atol=1e-12)
+    monkeypatch.setattr(fidelity, "SCORE_BLOCK_BYTES", 8 * 24 * 4)  # blocks of 4 rows: 30 rows, a partial last block
+    np.testing.assert_allclose(score_gaps(latent, codes, spec), expected, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="29 tokens for 30 latent vectors"):
+        score_gaps(latent, codes.reshape(-1)[:29], spec)
+
+
+def test_latent_vectors_are_in_token_order():
+    latent = np.arange(2 * 6 * 2 * 3, dtype=np.float64).reshape(2, 6, 2, 3)  # B=2, D=6 (G=3, d=2), h=2, w=3
+    vectors = latent_to_vectors(latent, 3)
+    assert vectors.shape == (2 * 2 * 3 * 3, 2) and vectors.dtype == np.float64
+    # token (b, y, x, g) holds channels g*d .. g*d + d - 1 at that position
+    b, y, x, g = 1, 1, 2, 2
+    np.testing.assert_array_equal(vectors[((b * 2 + y) * 3 + x) * 3 + g], latent[b, 2 * g : 2 * g + 2, y, x])

@@ -107,6 +107,25 @@ def test_float_image_in_unit_range_is_scaled_and_out_of_range_refused(tmp_path):
         read_image(nan)
 
 
+# -- channel order ------------------------------------------------------------------------------------------
+PRIMARIES = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)  # R, G / B, white
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "RGBA"])
+def test_channels_are_red_green_blue_in_that_order(tmp_path, mode):
+    """Pixels are [3, H, W] with channel 0 red and 2 blue, from files and bytes of every 8-bit mode
+    (an image read as BGR is another image to the model)."""
+    image = Image.fromarray(PRIMARIES)
+    path = tmp_path / f"primaries-{mode}.png"
+    (image.convert(mode) if mode != "P" else image.quantize(4)).save(path)
+    expected = np.array([[[1, -1], [-1, 1]], [[-1, 1], [-1, 1]], [[-1, -1], [1, 1]]], np.float32)
+    np.testing.assert_array_equal(read_image(path).pixels, expected)
+    np.testing.assert_array_equal(decode_image(path.read_bytes(), path.name).pixels, expected)
+    np.testing.assert_array_equal(uint8_to_float(PRIMARIES), expected)
+    np.testing.assert_array_equal(float_to_uint8(expected), PRIMARIES)
+    np.testing.assert_array_equal(np.asarray(rgb_image(path)), PRIMARIES)
+
+
 # -- alpha, palette, frames, orientation --------------------------------------------------------------------
 def test_transparency_is_composited_on_white(tmp_path):
     rgb = photo(32, 32)

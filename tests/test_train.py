@@ -329,6 +329,36 @@ def test_discriminator_losses_and_ema():
     assert torch.allclose(ema.shadow["weight"], torch.ones(2, 2), atol=1e-6)
 
 
+def test_ema_is_a_weighted_average_with_a_warm_up_ramp():
+    """shadow = d * shadow + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n)) at update n,
+    written out by hand: a copy, a plain mean or a missing ramp each give other numbers."""
+    from train.ema import EMA
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    initial = module[0].weight.detach().clone()
+    ema = EMA(module, decay=0.9)
+    expected = initial.double()
+    for update, value in enumerate([1.0, 3.0, -2.0, 5.0] + [0.5] * 30, start=1):
+        with torch.no_grad():
+            module[0].weight.fill_(value)
+        module[1].num_batches_tracked.fill_(update)
+        ema.update(module)
+        decay = min(0.9, (1 + update) / (10 + update))
+        expected = decay * expected + (1 - decay) * value
+        torch.testing.assert_close(ema.shadow["0.weight"].double(), expected, rtol=0, atol=1e-5)
+        assert int(ema.shadow["1.num_batches_tracked"]) == update  # integer buffers are copied, not averaged
+    assert ema.updates == 34
+    assert float(expected.min()) != 0.5  # still an average of the history, not the last weight
+    trained = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema.copy_to(trained)
+    torch.testing.assert_close(trained[0].weight.double(), expected, rtol=0, atol=1e-5)
+    restored = EMA(trained, decay=0.9)
+    restored.load_state_tensors(ema.state_tensors(), ema.updates)
+    assert restored.updates == 34 and torch.equal(restored.shadow["0.weight"], ema.shadow["0.weight"])
+    with pytest.raises(KeyError, match="EMA state lacks"):
+        restored.load_state_tensors({}, 0)
+
+
 def test_lpips_loads_local_weights_and_refuses_missing_files(tmp_path):
     from train.perceptual import LPIPS, LPIPS_WIDTHS
 

@@ -1,0 +1,169 @@
+"""Export validation fails a bad graph, for every check it makes (issue 11: tests that can fail).
+
+exporters.validation.validate_graphs runs against runners that return the eager model's own outputs,
+then the same outputs with one planted fault each: latent off by 1e-3, a non-optimal token, low
+token agreement, a blurred or NaN reconstruction, a graph that cannot run. No export is needed:
+a runner is anything with run_graph(name, value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import FLEXGEN, expected_vectors
+
+from exporters.graphs import ShapePlan, graph_specs
+from exporters.validation import TOLERANCES, Tolerances, summary_line, validate_graphs
+from gsq_core import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_tokenizer(FLEXGEN / "gsq_f8_magvit.pt")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return expected_vectors("gsq_f8_magvit")["input_64x64"][:1]
+
+
+@pytest.fixture(scope="module")
+def specs(model):
+    return graph_specs(model, ShapePlan.dynamic())
+
+
+class EagerRunner:
+    """Runs every graph with the eager model; `fault(name, output)` may change an output."""
+
+    def __init__(self, model, fault=None):
+        self.model, self.fault = model, fault
+
+    def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            tensor = torch.from_numpy(value)
+            if name == "encoder":
+                output = self.model.encode_latent(tensor)
+            elif name == "quantizer":
+                output = self.model.quantizer.codes(tensor)
+            elif name == "tokenize":
+                output = self.model.encode(tensor)
+            else:
+                output = self.model.decode(tensor)
+        output = output.numpy().copy()
+        return output if self.fault is None else self.fault(name, output)
+
+
+def validate(model, specs, images, names, fault=None, precision="fp32", tolerances=None):
+    chosen = [specs[name] for name in names]
+    return validate_graphs(model, chosen, EagerRunner(model, fault), [images], precision, tolerances=tolerances)
+
+
+def one_token_off(name, codes):
+    codes = codes.copy()
+    codes[0, 0, 0, 0] = (codes[0, 0, 0, 0] + 1) % 1024
+    return codes
+
+
+def test_the_eager_model_passes_every_check(model, specs, images):
+    report = validate(model, specs, images, list(specs))
+    assert report["passed"] and report["failures"] == [] and report["warnings"] == []
+    for name, result in report["graphs"].items():
+        assert result["passed"] and result["errors"] == [], name
+    assert report["graphs"]["tokenize"]["token_agreement"] == 1.0
+    assert report["graphs"]["tokenize"]["max_score_gap"] <= 1e-6
+    assert report["graphs"]["encoder"]["latent_relative_error"] == 0.0
+    assert report["graphs"]["decoder"]["recon_identical"]
+    assert "passed, token agreement 100.00%" in summary_line(report, 1)
+
+
+def test_a_latent_off_by_a_thousandth_fails(model, specs, images):
+    report = validate(model, specs, images, ["encoder"], lambda name, latent: latent * np.float32(1.001))
+    assert not report["passed"]
+    assert len(report["failures"]) == 1 and report["failures"][0].startswith("encoder: latent error")
+    assert report["graphs"]["encoder"]["latent_relative_error"] == pytest.approx(1e-3, rel=1e-3)
+    assert "FAILED" in summary_line(report, 1)
+
+
+def test_a_latent_just_inside_the_limit_passes(model, specs, images):
+    report = validate(model, specs, images, ["encoder"], lambda name, latent: latent * np.float32(1.00005))
+    assert report["passed"], report["failures"]
+
+
+def test_a_nan_latent_fails_even_where_misses_only_warn(model, specs, images):
+    def nan(name, latent):
+        latent[0, 0, 0, 0] = np.nan
+        return latent
+
+    report = validate(model, specs, images, ["encoder"], nan, precision="fp16")
+    assert not report["passed"] and report["failures"][0].startswith("encoder: latent error")
+
+
+def test_a_non_optimal_token_fails_fp32(model, specs, images):
+    report = validate(model, specs, images, ["tokenize"], one_token_off)
+    assert not report["passed"] and report["warnings"] == []
+    assert len(report["failures"]) == 1 and "tokenize: a token is not an optimal choice" in report["failures"][0]
+    assert report["graphs"]["tokenize"]["disagreements"] == 1
+
+
+def test_low_token_agreement_is_judged_by_its_limit(model, specs, images):
+    """fp16 builds hold tokenize to a token agreement (a warning by default; a failure when strict)."""
+    warned = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16",
+                      tolerances=replace(TOLERANCES["fp16"], min_token_agreement=1.0))  # fmt: skip
+    assert warned["passed"] and len(warned["warnings"]) == 1 and "token agreement" in warned["warnings"][0]
+    strict = replace(TOLERANCES["fp16"], min_token_agreement=1.0, warn_only=False)
+    failed = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16", tolerances=strict)
+    assert not failed["passed"] and "tokenize: token agreement" in failed["failures"][0]
+    met = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16",
+                   tolerances=replace(strict, min_token_agreement=0.99))  # fmt: skip
+    assert met["passed"] and met["warnings"] == []
+
+
+def test_a_blurred_reconstruction_fails(model, specs, images):
+    def blurred(name, recon):
+        return recon + np.float32(0.01) * np.sign(recon)
+
+    report = validate(model, specs, images, ["decoder", "detokenize"], blurred)
+    assert not report["passed"] and len(report["failures"]) == 2
+    assert all("reconstruction PSNR against eager" in failure for failure in report["failures"])
+
+
+def test_a_nan_reconstruction_fails_even_where_misses_only_warn(model, specs, images):
+    def nan(name, recon):
+        recon[0, 0, 0, 0] = np.nan
+        return recon
+
+    report = validate(model, specs, images, ["detokenize"], nan, precision="fp16")
+    assert not report["passed"]
+    assert report["failures"] == ["detokenize: the reconstruction holds NaN or infinite values"]
+    assert report["graphs"]["detokenize"]["recon_finite"] is False
+
+
+def test_a_graph_that_cannot_run_fails(model, specs, images):
+    def broken(name, output):
+        raise RuntimeError("Non-zero status code returned while running Conv node\ndetail")
+
+    report = validate(model, specs, images, ["encoder"], broken, precision="fp16")
+    assert not report["passed"]
+    assert report["failures"] == ["encoder: failed to run on input [1, 3, 64, 64]: Non-zero status code returned while running Conv node"]
+
+
+def test_fp32_misses_fail_and_reduced_precision_misses_warn(model, specs, images):
+    def off(name, latent):
+        return latent * np.float32(1.05)
+
+    fp32 = validate(model, specs, images, ["encoder"], off)
+    assert not fp32["passed"] and fp32["warnings"] == []
+    fp16 = validate(model, specs, images, ["encoder"], off, precision="fp16")
+    assert fp16["passed"] and fp16["failures"] == [] and fp16["warnings"][0].startswith("encoder: latent error")
+    assert fp16["graphs"]["encoder"]["tolerances"]["warn_only"] is True
+    assert fp16["tolerances"]["max_score_gap"] is None  # 'no limit' is written as null in JSON
+
+
+def test_overrides_do_not_loosen_fp32(model, specs, images):
+    loose = Tolerances(max_latent_relative_error=1.0, warn_only=True)
+    report = validate(model, specs, images, ["encoder"], lambda n, x: x * np.float32(1.001), tolerances=loose)
+    assert not report["passed"] and report["graphs"]["encoder"]["tolerances"]["max_latent_relative_error"] == 1e-4
