@@ -200,14 +200,10 @@ class GraphSpec:
     build: Callable[[GSQTokenizer], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # The graph is the codebook lookup alone, which stays fp32 in every precision: it is held to
-    # fp32's tolerances (every token an optimal choice) whatever the build's precision.
-    exact_lookup: bool = False
-
     def tolerances(self, precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances:
         """The tolerances this graph is validated with when built in `precision` (overrides: the
         reduced precisions' thresholds set by gsq-export's flags)."""
-        return tolerances_for(precision, overrides, exact_lookup=self.exact_lookup)
+        return tolerances_for(precision, overrides)
 
 
 @dataclass(frozen=True)
@@ -249,7 +245,7 @@ def graph_specs(model: GSQTokenizer, plan: ShapePlan, lookup: LookupPlan | None 
     return {
         "encoder": GraphSpec("encoder", "encoder.onnx", EncoderGraph, (images,), (latent,)),
         "quantizer": GraphSpec(
-            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, the_lookup()), (latent,), (codes,), exact_lookup=True
+            "quantizer", "quantizer.onnx", lambda m: QuantizerGraph(m, the_lookup()), (latent,), (codes,)
         ),
         "decoder": GraphSpec("decoder", "decoder.onnx", DecoderGraph, (codes,), (images,)),
         "tokenize": GraphSpec("tokenize", "tokenize.onnx", lambda m: TokenizeGraph(m, the_lookup()), (images,), (codes,)),

@@ -40,7 +40,7 @@ class Tolerances:
 
 
 # Tolerances by precision. Reduced precisions keep the lookup in fp32: the graph that is the lookup
-# alone (GraphSpec.exact_lookup) is held to fp32's tolerances in every build; the limits below,
+# alone is fp32 in every plan (PrecisionPlan.for_graph), so it is held to fp32's tolerances; the limits below,
 # for the graphs with reduced-precision layers, only warn. Each graph is judged at its own
 # precision (exporters.precision): encoders by latent error, token agreement and margins, decoders
 # by PSNR against eager and against the input images.
@@ -74,10 +74,10 @@ TOLERANCES: dict[str, Tolerances] = {
 OVERRIDABLE = ("min_token_agreement", "max_latent_relative_error", "min_recon_psnr_db", "max_input_psnr_drop_db")
 
 
-def tolerances_for(precision: str, overrides: Mapping[str, float] | None = None, exact_lookup: bool = False) -> Tolerances:
-    """The tolerances of a graph built in `precision`: fp32's for fp32 and for the lookup alone
-    (exact_lookup), else the precision's warning thresholds with gsq-export's flags (overrides)."""
-    if exact_lookup or precision == "fp32":
+def tolerances_for(precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances:
+    """The tolerances of a graph built in `precision`: fp32's for fp32, else the precision's
+    warning thresholds with gsq-export's flags (overrides)."""
+    if precision == "fp32":
         return TOLERANCES["fp32"]
     unknown = set(overrides or {}) - set(OVERRIDABLE)
     if unknown:

@@ -8,7 +8,6 @@ a runner is anything with run_graph(name, value).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from conftest import FLEXGEN, expected_vectors
 
 from exporters.graphs import ShapePlan, graph_specs
-from exporters.validation import TOLERANCES, Tolerances, summary_line, validate_graphs
+from exporters.validation import summary_line, validate_graphs
 from gsq_core import load_tokenizer
 
 
@@ -59,7 +58,7 @@ class EagerRunner:
 
 def validate(model, specs, images, names, fault=None, precision="fp32", tolerances=None):
     chosen = [specs[name] for name in names]
-    return validate_graphs(model, chosen, EagerRunner(model, fault), [images], precision, tolerances=tolerances)
+    return validate_graphs(model, chosen, EagerRunner(model, fault), [images], precision, tolerance_overrides=tolerances)
 
 
 def one_token_off(name, codes):
@@ -110,15 +109,13 @@ def test_a_non_optimal_token_fails_fp32(model, specs, images):
 
 
 def test_low_token_agreement_is_judged_by_its_limit(model, specs, images):
-    """fp16 builds hold tokenize to a token agreement (a warning by default; a failure when strict)."""
+    """fp16 builds hold tokenize to a token agreement: a miss is a warning, a met limit is silent."""
     warned = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16",
-                      tolerances=replace(TOLERANCES["fp16"], min_token_agreement=1.0))  # fmt: skip
-    assert warned["passed"] and len(warned["warnings"]) == 1 and "token agreement" in warned["warnings"][0]
-    strict = replace(TOLERANCES["fp16"], min_token_agreement=1.0, warn_only=False)
-    failed = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16", tolerances=strict)
-    assert not failed["passed"] and "tokenize: token agreement" in failed["failures"][0]
+                      tolerances={"min_token_agreement": 1.0})  # fmt: skip
+    assert warned["passed"] and warned["failures"] == []
+    assert len(warned["warnings"]) == 1 and "tokenize: token agreement" in warned["warnings"][0]
     met = validate(model, specs, images, ["tokenize"], one_token_off, precision="fp16",
-                   tolerances=replace(strict, min_token_agreement=0.99))  # fmt: skip
+                   tolerances={"min_token_agreement": 0.99})  # fmt: skip
     assert met["passed"] and met["warnings"] == []
 
 
@@ -160,10 +157,10 @@ def test_fp32_misses_fail_and_reduced_precision_misses_warn(model, specs, images
     fp16 = validate(model, specs, images, ["encoder"], off, precision="fp16")
     assert fp16["passed"] and fp16["failures"] == [] and fp16["warnings"][0].startswith("encoder: latent error")
     assert fp16["graphs"]["encoder"]["tolerances"]["warn_only"] is True
-    assert fp16["tolerances"]["max_score_gap"] is None  # 'no limit' is written as null in JSON
+    assert fp16["graphs"]["encoder"]["tolerances"]["max_score_gap"] is None  # 'no limit' is written as null in JSON
 
 
 def test_overrides_do_not_loosen_fp32(model, specs, images):
-    loose = Tolerances(max_latent_relative_error=1.0, warn_only=True)
+    loose = {"max_latent_relative_error": 1.0}
     report = validate(model, specs, images, ["encoder"], lambda n, x: x * np.float32(1.001), tolerances=loose)
     assert not report["passed"] and report["graphs"]["encoder"]["tolerances"]["max_latent_relative_error"] == 1e-4
