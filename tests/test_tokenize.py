@@ -89,7 +89,7 @@ def photo_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory) -> tuple[str, int]:
     """A real `ray start --head --block` on 127.0.0.1 and free ports, in its own process group:
-    (address, process group id)."""
+    (address, pid of that `ray start`, which leads its process group)."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="gsq-test-ray-")  # short: Ray's socket paths have a length limit
     env = {**os.environ, **LOOPBACK_ENV}
@@ -436,25 +436,40 @@ def test_sigkill_part_way_then_the_same_command_finishes_every_id_once(ray_clust
     assert not (out / "_staging").exists()
 
 
-def tokenizer_actor_pids(process_group: int) -> list[int]:
-    """Processes of the cluster's process group that run a gsq-tokenize tokenizer actor (Ray names
-    actor processes ray::<class>), read from /proc."""
+def parent_pid(pid: int) -> int | None:
+    """The parent of a process, from /proc (None once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tokenizer_actor_pids(head_pid: int) -> list[int]:
+    """Processes descended from our `ray start` that run a gsq-tokenize tokenizer actor (Ray names
+    actor processes ray::<class>; its workers get sessions of their own, so the ancestry, not the
+    process group, tells ours from anyone else's), read from /proc."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
-        if group == process_group and "MapBatches(Tokenizer)" in command:
+        if "MapBatches(Tokenizer)" not in command:
+            continue
+        ancestor = parent_pid(int(entry.name))
+        for _ in range(8):  # worker <- raylet <- ray start, a few levels at most
+            if ancestor in (None, 0, 1) or ancestor == head_pid:
+                break
+            ancestor = parent_pid(ancestor)
+        if ancestor == head_pid:
             pids.append(int(entry.name))
     return pids
 
 
 def test_a_lost_worker_is_replaced_and_the_run_finishes_every_id_once(ray_head, tmp_path):
-    address, process_group = ray_head
+    address, head_pid = ray_head
     src = tmp_path / "photos"
     src.mkdir()
     photos = photo_crops("rocket", 20, seed=21) + photo_crops("chelsea", 20, seed=22)
@@ -470,7 +485,7 @@ def test_a_lost_worker_is_replaced_and_the_run_finishes_every_id_once(ray_head, 
     deadline = time.monotonic() + 240
     while driver.poll() is None and time.monotonic() < deadline and not killed:
         staged = list((out / "_staging").rglob("*.parquet")) if (out / "_staging").exists() else []
-        actors = tokenizer_actor_pids(process_group)
+        actors = tokenizer_actor_pids(head_pid)
         if staged and actors:
             for pid in actors:  # the worker process dies, as on a lost node; the driver lives on
                 os.kill(pid, signal.SIGKILL)
