@@ -290,6 +290,7 @@ def test_info_reports_the_artifact():
         "token_layout": "BHWG",
         "model_dir": "/nowhere",
         "graphs": ["tokenize", "detokenize"],
+        "graph_precisions": {"tokenize": "fp32", "detokenize": "fp32"},
         "validated": True,
     }
     assert runtime(validation=None).info["validated"] is False
