@@ -543,7 +543,7 @@ def test_gpu_plans_configure_the_actor_pool_with_one_gpu_per_actor():
     assert gpu["compute"].min_size == gpu["compute"].max_size == 8
     assert (gpu["num_gpus"], gpu["num_cpus"], gpu["batch_size"]) == (1.0, 1.0, 128)
     cpu = actor_pool_args(plan_workers("onnx", {"provider": "cpu"}, [NodeResources(cpus=2)]), batch_size=16)
-    assert cpu["compute"].min_size == 1 and cpu["num_gpus"] is None and cpu["num_cpus"] == 1.5
+    assert cpu["compute"].min_size == 2 and cpu["num_gpus"] is None and cpu["num_cpus"] == 0.75
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: gsq-tokenize --device cuda asks Ray for a GPU per worker")

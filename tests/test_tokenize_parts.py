@@ -195,16 +195,17 @@ def test_gpu_backends_ask_for_one_gpu_per_worker():
 
 def test_cpu_backends_leave_room_for_decoding():
     one_node = [NodeResources(cpus=2)]
-    plan = plan_workers("onnx", {"provider": "cpu"}, one_node)
-    assert (plan.workers, plan.gpus_per_worker, plan.threads) == (1, 0.0, 2)
-    assert plan.cpus_per_worker + plan.task_cpus <= 2  # a decode task always fits next to the actor
-    two = plan_workers("onnx", {}, one_node, workers=2)
-    assert two.threads == 1 and 2 * two.cpus_per_worker + two.task_cpus <= 2
-    options, _ = runtime_options("onnx", {"provider": "cpu", "threads": None}, plan)
+    plan = plan_workers("onnx", {"provider": "cpu"}, one_node)  # two actors of one thread each
+    assert (plan.workers, plan.gpus_per_worker, plan.threads) == (2, 0.0, 1)
+    assert 2 * plan.cpus_per_worker + plan.task_cpus <= 2  # a decode task always fits next to the actors
+    one = plan_workers("onnx", {}, one_node, workers=1)
+    assert one.threads == 2 and one.cpus_per_worker + one.task_cpus <= 2
+    options, _ = runtime_options("onnx", {"provider": "cpu", "threads": None}, one)
     assert options == {"provider": "cpu", "threads": 2}
+    assert plan_workers("onnx", {}, [NodeResources(cpus=1)]).workers == 1  # never more actors than CPUs
     cluster = [NodeResources(cpus=8), NodeResources(cpus=8), NodeResources(cpus=0, gpus=0)]
-    assert plan_workers("torch", {}, cluster).workers == 2
-    assert runtime_options("torch", {}, plan_workers("torch", {}, cluster))[1] == 8
+    assert plan_workers("torch", {}, cluster).workers == 4
+    assert runtime_options("torch", {}, plan_workers("torch", {}, cluster))[1] == 4
 
 
 # -- reading tokens back -------------------------------------------------------------------------------
