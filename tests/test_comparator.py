@@ -125,6 +125,27 @@ def test_codes_that_cannot_be_compared_are_refused():
         Comparator(spec).add_codes(np.full_like(best, 32), best, latent)
 
 
+def test_batches_accumulate_tokens_agreement_and_the_largest_gap():
+    """Several add_codes calls report over all of them: a later clean batch neither resets the
+    counts nor hides an earlier non-optimal token, and a later worse gap replaces a smaller one."""
+    spec, latent, best = lookup_problem()
+    gaps = cosine_gaps(spec, latent, np.zeros_like(best))
+    worst = int(gaps.argmax())
+    flawed = best.copy()
+    flawed.reshape(-1)[worst] = 0  # one token replaced by code 0, the largest gap of all
+    comparator = Comparator(spec)
+    comparator.add_codes(flawed, best, latent)
+    comparator.add_codes(best, best, latent)
+    report = comparator.report()
+    assert report["tokens"] == 2 * best.size
+    assert report["token_agreement"] == pytest.approx(1 - 1 / (2 * best.size))
+    assert report["max_score_gap"] == pytest.approx(gaps[worst])
+    growing = Comparator(spec)
+    growing.add_codes(best, best, latent)
+    growing.add_codes(flawed, best, latent)
+    assert growing.report()["max_score_gap"] == pytest.approx(gaps[worst])
+
+
 def test_usage_and_perplexity_count_the_codes_seen():
     spec, latent, best = lookup_problem()
     codes = np.zeros_like(best)
@@ -154,6 +175,13 @@ def test_usage_and_perplexity_count_the_codes_seen():
 def test_usage_and_perplexity_of_known_histograms(codes, usage, perplexity):
     assert codebook_usage(np.array(codes), 16) == pytest.approx(usage)
     assert codebook_perplexity(np.array(codes), 16) == pytest.approx(perplexity)
+
+
+def test_usage_and_perplexity_take_token_grids_of_any_shape():
+    grid = np.array([[[[0, 1], [1, 3]], [[3, 3], [7, 1]]]])  # [B, h, w, G] as the tokenizers return them
+    flat = grid.reshape(-1)
+    assert codebook_usage(grid, 16) == codebook_usage(flat, 16) == pytest.approx(4 / 16)
+    assert codebook_perplexity(grid, 16) == pytest.approx(codebook_perplexity(flat, 16))
 
 
 def test_psnr_of_known_errors():

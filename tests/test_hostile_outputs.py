@@ -20,8 +20,17 @@ def export_args(out: Path, *extra: str) -> list[str]:
     return ["-m", "exporters", "--ckpt", "default", "--out", str(out), "--graphs", "tokenize", *extra]
 
 
+def default_hangup() -> None:
+    """In the child: SIGHUP back to its default, so a suite started under nohup (SIGHUP ignored, and
+    inherited) still tests the export's handler rather than the launcher's choice."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_hangup,
+    )  # fmt: skip
 
 
 def wait_for(predicate, timeout: float = 120) -> None:

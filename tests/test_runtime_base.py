@@ -256,6 +256,20 @@ def test_batches_run_in_chunks_that_fit_the_budget(monkeypatch):
         limited.encode(images(batch=1, height=512, width=512))
 
 
+def test_chunks_follow_the_height_and_width_of_the_call(monkeypatch):
+    """Non-square images and token grids: each direction's chunk is its limit at that height and width."""
+    monkeypatch.setenv("GSQ_MEMORY_BUDGET", "16M")
+    limited = runtime(graphs=("tokenize", "detokenize"))
+    encode_limit, decode_limit = limited.work_limit(64, 128, "encode"), limited.work_limit(64, 128, "decode")
+    assert encode_limit not in (limited.work_limit(128, 128, "encode"), limited.work_limit(64, 64, "encode"))
+    assert decode_limit not in (limited.work_limit(128, 128, "decode"), limited.work_limit(64, 64, "decode"))
+    limited.encode(images(batch=3 * encode_limit, height=64, width=128))
+    assert max(size for _, size in limited.calls) == encode_limit
+    limited.calls.clear()
+    limited.decode(np.zeros((3 * decode_limit, 8, 16, 4), np.int64))  # [N, h, w, G] of 64 x 128 images
+    assert max(size for _, size in limited.calls) == decode_limit
+
+
 # -- artifacts on disk: target and validation --------------------------------------------------------------------
 def write_artifact(folder: Path, **extra) -> Path:
     folder.mkdir(parents=True)
@@ -274,6 +288,9 @@ def test_open_artifact_checks_the_target_and_the_validation(tmp_path):
     failed = write_artifact(tmp_path / "failed", validation={"passed": False, "failures": ["encoder: latent error", "x"]})
     with pytest.raises(ArtifactError, match=r"failed validation against eager \(encoder: latent error; x\); not running it"):
         open_artifact(failed, "onnx")
+    no_reasons = write_artifact(tmp_path / "no-reasons", validation={"passed": False})
+    with pytest.raises(ArtifactError, match=r"failed validation against eager \(see manifest.json\)"):
+        open_artifact(no_reasons, "onnx")
     unknown = write_artifact(tmp_path / "unknown", validation={"failures": []})
     with pytest.raises(ArtifactError, match=r"failed validation against eager \(see manifest.json\)"):
         open_artifact(unknown, "onnx")
@@ -294,3 +311,12 @@ def test_info_reports_the_artifact():
         "validated": True,
     }
     assert runtime(validation=None).info["validated"] is False
+    mixed = runtime(graphs=("tokenize", "detokenize"), precision="int8")
+    mixed.artifact.manifest["graphs"]["tokenize"]["precision"] = "fp32"  # encoder=fp32,decoder=int8
+    assert mixed.info["graph_precisions"] == {"tokenize": "fp32", "detokenize": "int8"}
+
+
+def test_a_missing_graph_names_what_the_artifact_has():
+    decoder_only = runtime(graphs=("detokenize", "decoder"))
+    with pytest.raises(ArtifactError, match=r"no tokenize graph .*\(exported: detokenize, decoder\); re-export with --graphs tokenize"):
+        decoder_only.encode(images())
