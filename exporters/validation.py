@@ -308,7 +308,7 @@ def summary_line(report: dict[str, Any], image_count: int) -> str:
     with_tokens = [result for result in results if result.get("token_agreement") is not None]
     agreement = f", token agreement {min(r['token_agreement'] for r in with_tokens):.2%}" if with_tokens else ""
     drops = [result["psnr_vs_input_drop_db"] for result in results if result.get("psnr_vs_input_drop_db") is not None]
-    quality = f", PSNR vs input {-max(drops):+.2f} dB against eager" if drops else ""
+    quality = f", PSNR vs input {0.0 - max(drops):+.2f} dB against eager" if drops else ""  # 0.0 -: no "-0.00"
     warnings = f", {len(report['warnings'])} warning(s)" if report.get("warnings") else ""
     also = f" and {' / '.join(paths)}" if paths else ""
     line = f"validated {len(report['graphs'])} graphs{also} against eager on {image_count} images: {verdict}"

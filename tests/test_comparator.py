@@ -284,3 +284,55 @@ def test_latent_vectors_are_in_token_order():
     # token (b, y, x, g) holds channels g*d .. g*d + d - 1 at that position
     b, y, x, g = 1, 1, 2, 2
     np.testing.assert_array_equal(vectors[((b * 2 + y) * 3 + x) * 3 + g], latent[b, 2 * g : 2 * g + 2, y, x])
+
+
+# -- several batches: the worst of all, with known values --------------------------------------------------
+def test_latents_and_reconstructions_report_the_worst_batch():
+    spec, _, _ = lookup_problem()
+    comparator = Comparator(spec)
+    reference = np.full((1, 6, 2, 2), 2.0)
+    off = reference.copy()
+    off[0, 0, 0, 0] += 0.5  # the first batch is the worse one
+    comparator.add_latent(off.astype(np.float32), reference)  # error 0.5, reference magnitude 2
+    comparator.add_latent(reference + 0.25, np.full_like(reference, -3.0))  # 2.25 vs -3: error 5.25, magnitude 3
+    report = comparator.report()
+    assert report["latent_max_abs_error"] == pytest.approx(5.25)
+    assert report["latent_max_abs"] == pytest.approx(3.0)
+    assert report["latent_relative_error"] == pytest.approx(5.25 / 3.0)
+    later_better = Comparator(spec)
+    later_better.add_latent(off, reference)
+    later_better.add_latent(reference, reference)
+    assert later_better.report()["latent_max_abs_error"] == pytest.approx(0.5)
+    with pytest.raises(Mismatch, match=r"latent shape \[1, 6, 2, 2\] differs from the reference \[1, 6, 2, 3\]"):
+        later_better.add_latent(reference, np.zeros((1, 6, 2, 3)))
+
+    images = photo()[None]
+    blurred = images + np.float32(0.02)  # 0.02 everywhere: PSNR 10 log10(4 / 4e-4) = 40 dB
+    worse = images - np.float32(0.1)
+    recon = Comparator(spec)
+    recon.add_images(worse, images)
+    recon.add_images(blurred, images)
+    result = recon.report()
+    assert result["recon_psnr_db"] == pytest.approx(10 * math.log10(4 / 0.01), abs=1e-4)  # the worse batch
+    assert result["recon_max_abs_error"] == pytest.approx(0.1, abs=1e-6)
+    assert result["recon_finite"] and not result["recon_identical"]
+    with pytest.raises(Mismatch, match=r"image shape \[1, 3, .*\] differs from the reference"):
+        recon.add_images(images[:, :, :8], images)
+    with pytest.raises(Mismatch, match=r"image shape .* differs from the input"):
+        recon.add_quality(images[:, :, :8], images)
+
+
+def test_disagreement_margins_split_into_near_ties_and_flagged():
+    spec, latent, best = lookup_problem()
+    comparator = Comparator(spec)
+    comparator.tokens, comparator.agreeing = 10, 6  # what add_codes counts, set to known values
+    comparator.margins.extend([3e-6, 1e-5, 2e-3, 1e-7])
+    report = comparator.report()
+    assert report["disagreements"] == 4
+    assert report["flagged_disagreements"] == 2  # >= 1e-5 is flagged, the threshold included
+    assert report["near_tie_disagreements"] == 2
+    assert report["max_disagreement_margin"] == pytest.approx(2e-3)
+    assert report["median_disagreement_margin"] == pytest.approx((3e-6 + 1e-5) / 2)
+    clean = Comparator(spec)
+    clean.add_codes(best, best, latent)
+    assert (clean.report()["max_disagreement_margin"], clean.report()["median_disagreement_margin"]) == (0.0, 0.0)

@@ -16,6 +16,7 @@ import torch
 from conftest import FLEXGEN, expected_vectors
 
 from exporters.graphs import ShapePlan, graph_specs
+from exporters.precision import PrecisionPlan
 from exporters.validation import summary_line, validate_graphs
 from gsq_core import load_tokenizer
 
@@ -54,6 +55,15 @@ class EagerRunner:
                 output = self.model.decode(tensor)
         output = output.numpy().copy()
         return output if self.fault is None else self.fault(name, output)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:  # the runtime call users make (validation's paths)
+        return self.run_graph("tokenize", images) if self.fault is None else self.fault("encode", self._plain("tokenize", images))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.run_graph("decoder", codes) if self.fault is None else self.fault("decode", self._plain("decoder", codes))
+
+    def _plain(self, name: str, value: np.ndarray) -> np.ndarray:
+        return EagerRunner(self.model).run_graph(name, value)
 
 
 def validate(model, specs, images, names, fault=None, precision="fp32", tolerances=None):
@@ -164,3 +174,59 @@ def test_overrides_do_not_loosen_fp32(model, specs, images):
     loose = {"max_latent_relative_error": 1.0}
     report = validate(model, specs, images, ["encoder"], lambda n, x: x * np.float32(1.001), tolerances=loose)
     assert not report["passed"] and report["graphs"]["encoder"]["tolerances"]["max_latent_relative_error"] == 1e-4
+
+
+# -- what the report records, and the runtime calls validation judges (paths) ---------------------------
+def noisy_images(name, images):
+    return images + np.random.default_rng(3).normal(scale=0.5, size=images.shape).astype(np.float32)
+
+
+def test_paths_judge_the_calls_users_make_at_their_parts_precision(model, specs, images):
+    """An OpenVINO bf16 encoder answers encode with two graphs: validation also judges the calls."""
+    mixed = "encoder=fp32,decoder=int8"
+    runner = EagerRunner(model)
+    report = validate_graphs(model, [specs["encoder"]], runner, [images], mixed, image_names=["a.png"], paths=("encode", "decode"))
+    assert report["passed"] and report["warnings"] == [] and set(report["paths"]) == {"encode", "decode"}
+    assert set(report["graphs"]) == {"encoder"}
+    assert (report["paths"]["encode"]["precision"], report["paths"]["decode"]["precision"]) == ("fp32", "int8")
+    assert report["paths"]["encode"]["token_agreement"] == 1.0 and report["paths"]["encode"]["passed"]
+    decode = report["paths"]["decode"]
+    assert decode["psnr_vs_input_drop_db"] == pytest.approx(0.0, abs=1e-9)
+    assert decode["eager_psnr_vs_input_db"] == pytest.approx(decode["psnr_vs_input_db"])
+    assert decode["tolerances"]["max_input_psnr_drop_db"] == 0.3  # int8's, the decoder's precision
+    assert report["precision"] == mixed and report["precisions"] == PrecisionPlan.parse(mixed).to_manifest()
+    assert report["images"] == {"names": ["a.png"], "batches": [list(images.shape)]}
+    assert report["tolerance_overrides"] == {}
+    assert summary_line(report, 1) == (
+        "validated 1 graphs and encode / decode against eager on 1 images: passed, token agreement 100.00%, "
+        "PSNR vs input +0.00 dB against eager"
+    )
+
+
+def test_a_bad_path_warns_or_fails_by_its_parts_precision(model, specs, images):
+    def fault(name, output):
+        return noisy_images(name, output) if name == "decode" else one_token_off(name, output)
+
+    runner, overrides = EagerRunner(model, fault), {"max_input_psnr_drop_db": 0.1}
+    report = validate_graphs(model, [], runner, [images], "encoder=fp32,decoder=int8", None, overrides, ("encode", "decode"))
+    assert not report["passed"] and report["failures"] == [
+        f for f in report["failures"] if f.startswith("encode: a token is not an optimal choice")
+    ]
+    assert len(report["failures"]) == 1 and not report["paths"]["encode"]["passed"]
+    assert report["paths"]["decode"]["passed"]  # the int8 decoder's misses only warn
+    assert any(w.startswith("decode: PSNR against the input images") for w in report["warnings"])
+    assert report["paths"]["decode"]["psnr_vs_input_drop_db"] > 0.1 and report["tolerance_overrides"] == overrides
+    line = summary_line(report, 1)
+    assert line.startswith("validated 0 graphs and encode / decode against eager on 1 images: FAILED")
+    assert f", {len(report['warnings'])} warning(s)" in line
+    assert line.count("\n  warning: ") == len(report["warnings"]) >= 2
+
+
+def test_warnings_of_every_graph_are_kept(model, specs, images):
+    def off(name, output):
+        return output * np.float32(1.05) if name == "encoder" else one_token_off(name, output)
+
+    report = validate(model, specs, images, ["encoder", "tokenize"], off, precision="fp16", tolerances={"min_token_agreement": 1.0})
+    assert report["passed"]
+    assert [w.split(":")[0] for w in report["warnings"]] == ["encoder", "tokenize"]
+    assert report["graphs"]["encoder"]["precision"] == report["graphs"]["tokenize"]["precision"] == "fp16"
