@@ -129,6 +129,31 @@ def test_exact_method_without_sorted_search_uses_brute_force(dim, normalization,
     assert np.array_equal(nearest_codes(vectors, tables, method="exact").numpy(), reference_codes(vectors, tables))
 
 
+@pytest.mark.parametrize("rows_per_task, chunk_entries", [(None, None), (700, 64)])
+def test_exact_search_over_many_row_tasks_and_chunks(monkeypatch, rows_per_task, chunk_entries):
+    """More vectors than one task takes (and, shrunk, more chunks than one): every row is searched."""
+    if rows_per_task is not None:
+        monkeypatch.setattr(lookup, "_EXACT_ROWS_PER_TASK", rows_per_task)
+        monkeypatch.setattr(lookup, "_EXACT_CPU_CHUNK_ENTRIES", chunk_entries)
+    generator = torch.Generator().manual_seed(11)
+    tables = build_lookup_tables(torch.randn(4096, 2, generator=generator), "l2", distance=True)
+    vectors = awkward_vectors(2, 2 * lookup._EXACT_ROWS_PER_TASK + 900, generator, tables.weight)
+    assert np.array_equal(nearest_codes(vectors, tables).numpy(), reference_codes(vectors, tables))
+
+
+def test_brute_force_over_several_row_and_code_blocks_keeps_the_lowest_index():
+    """The float64 brute force (no sorted search for d = 3): 10,000 codes are two code blocks, 300
+    vectors three row blocks, and a duplicate in the second block ties with the first's code."""
+    generator = torch.Generator().manual_seed(12)
+    codebook = torch.randn(10000, 3, generator=generator)
+    codebook[9000] = codebook[17]
+    tables = build_lookup_tables(codebook, "l2", distance=True)
+    vectors = torch.cat([torch.randn(299, 3, generator=generator), codebook[17:18] * 2.0])
+    codes = nearest_codes(vectors, tables, method="exact")
+    assert codes[-1].item() == 17
+    assert np.array_equal(codes.numpy(), reference_codes(vectors, tables))
+
+
 def test_many_codes_off_the_circle_use_the_blocked_path():
     codebook = torch.randn(500, 2)
     codebook[: lookup.EXACT_MAX_OFF_CIRCLE + 1] = 0.0

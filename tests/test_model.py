@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,3 +210,57 @@ def test_ibq_training_reaches_every_code():
     assert (quantizer.codebook.weight.grad.abs().sum(dim=1) > 0).all()
     assert latent.grad is not None and torch.isfinite(latent.grad).all()
     assert torch.equal(output.codes, quantizer.codes(latent.detach()))
+
+
+# -- the training-side quantizer maths, written out by hand ------------------------------------------------
+def small_quantizer(quantize_type: str, **changes):
+    from dataclasses import replace as replace_fields
+
+    from gsq_core.quantizers import build_quantizer
+    from gsq_core.registry import preset_config
+
+    base = preset_config("ibq-f16-d256-v1k" if quantize_type == "ibq" else "gsq-f8-d8-v8k").quantizer
+    torch.manual_seed(0)
+    return build_quantizer(replace_fields(base, num_embed=16, embed_dim=4, **changes)).eval()
+
+
+def hand_entropy_loss(scores: np.ndarray, temperature: float) -> float:
+    """Mean per-sample entropy of softmax(scores / T) minus the entropy of the mean assignment."""
+    logits = scores / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    sample = -(probs * log_probs).sum(axis=1).mean()
+    mean = probs.mean(axis=0)
+    return float(sample + (mean * np.log(np.maximum(mean, 1e-12))).sum())
+
+
+@pytest.mark.parametrize("quantize_type, l2", [("gsq", True), ("ibq", False)])
+def test_scores_and_entropy_loss_by_hand(quantize_type, l2):
+    quantizer = small_quantizer(quantize_type)
+    vectors = torch.randn(10, 4, generator=torch.Generator().manual_seed(1)) * 2.0
+    x, weight = vectors.double().numpy(), quantizer.codebook.weight.detach().double().numpy()
+    if l2:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        weight = weight / np.linalg.norm(weight, axis=1, keepdims=True)
+    expected = x @ weight.T - (0.5 * (weight**2).sum(axis=1) if quantizer.uses_distance else 0.0)
+    scores = quantizer.scores(vectors).detach().double().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    temperature = quantizer.config.entropy_temperature
+    loss = quantizer._entropy_loss(torch.from_numpy(scores[:, ::-1].copy()))  # any [N, V] scores
+    assert float(loss) == pytest.approx(hand_entropy_loss(scores[:, ::-1], temperature), rel=1e-6, abs=1e-9)
+
+
+def test_ibq_forward_adds_the_weighted_entropy_loss_and_returns_its_logits():
+    latent = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    plain = small_quantizer("ibq", entropy_loss_weight=0.0)(latent)
+    weighted_quantizer = small_quantizer("ibq", entropy_loss_weight=0.7)
+    weighted = weighted_quantizer(latent)
+    vectors = latent.permute(0, 2, 3, 1).reshape(-1, 4)
+    logits = weighted_quantizer.scores(vectors)
+    torch.testing.assert_close(weighted.scores, logits)  # returned for the trainer's statistics
+    entropy = float(weighted_quantizer._entropy_loss(logits))
+    assert float(weighted.loss) == pytest.approx(float(plain.loss) + 0.7 * entropy, rel=1e-5)
+    assert weighted.quantized.shape == latent.shape and torch.equal(weighted.codes, plain.codes)
+    small = small_quantizer("ibq", entropy_loss_weight=0.5)(latent)  # a weight below 1 still counts
+    assert float(small.loss) == pytest.approx(float(plain.loss) + 0.5 * entropy, rel=1e-5)

@@ -230,3 +230,14 @@ def test_warnings_of_every_graph_are_kept(model, specs, images):
     assert report["passed"]
     assert [w.split(":")[0] for w in report["warnings"]] == ["encoder", "tokenize"]
     assert report["graphs"]["encoder"]["precision"] == report["graphs"]["tokenize"]["precision"] == "fp16"
+
+
+def test_unknown_overrides_and_silent_errors_are_named(model, specs, images):
+    with pytest.raises(ValueError, match=r"tolerance overrides \['max_score_gap'\]: only min_token_agreement, "):
+        validate(model, specs, images, ["encoder"], precision="fp16", tolerances={"max_score_gap": 1.0})
+
+    def silent(name, output):
+        raise MemoryError()  # no message: the report names the error's type
+
+    report = validate(model, specs, images, ["encoder"], silent)
+    assert report["failures"] == ["encoder: failed to run on input [1, 3, 64, 64]: MemoryError"]
