@@ -222,18 +222,6 @@ def _blocked_matmul_search(x: torch.Tensor, tables: LookupTables, block_elements
 # inside an angle window around x's angle. Every code inside the window is scored exactly.
 
 
-def exact_scores(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Scores x . w + b in float64 (products of fp32 values are exact in float64), summed in a fixed order.
-
-    Broadcasts x [..., d] against weight [..., d] and bias [...]. The exact search sums in the same
-    order, so its scores equal these bit for bit: a float64 brute force built on this function (or
-    on the same sum written in numpy) is its reference.
-    """
-    x, weight = x.double(), weight.double()
-    dim = x.shape[-1]
-    return _sum_of_products([x[..., k] for k in range(dim)], [weight[..., k] for k in range(dim)], bias)
-
-
 def _sum_of_products(
     x_parts: list[torch.Tensor], weight_parts: list[torch.Tensor], bias: torch.Tensor | None
 ) -> torch.Tensor:
