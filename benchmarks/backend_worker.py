@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import numpy as np
 
 from benchmarks.measure import peak_rss_mb, summarize_ms, time_calls
+from gsq_core.errors import first_line
 
 
 def timing_images(images: list[np.ndarray]) -> list[np.ndarray]:
@@ -118,7 +119,7 @@ def main() -> None:
     try:
         result = run_job(json.loads(sys.argv[1]))
     except Exception as error:  # noqa: BLE001 - the process boundary: report it to the parent in one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         result = {
             "status": "error",
             "reason": f"{type(error).__name__}: {message}",

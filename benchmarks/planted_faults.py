@@ -321,7 +321,7 @@ FAULTS: tuple[Fault, ...] = (
         "validation-run-errors-ignored",
         "export validation ignores graphs that fail to run",
         "exporters/validation.py",
-        'check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {_first_line(error)}")',
+        'check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {first_line(error)}")',
         "pass",
         ("tests/test_validation.py",),
     ),

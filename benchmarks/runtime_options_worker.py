@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import numpy as np
 
 from benchmarks.measure import peak_rss_mb, summarize_ms
+from gsq_core.errors import first_line
 
 MODES = ("blocks", "alternating", "encode")
 
@@ -102,7 +103,7 @@ def main() -> None:
     try:
         result = run_job(json.loads(sys.argv[1]))
     except Exception as error:  # noqa: BLE001 - the process boundary: report it to the parent in one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         result = {"status": "error", "reason": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}
     print(json.dumps(result))
 

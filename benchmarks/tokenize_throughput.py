@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,16 +160,25 @@ def naive_loop(model: str, paths: list[Path], size: int, device: str, out: Path)
         np.save(out / f"{path.stem}.npy", codes.cpu().numpy())
 
     one(paths[0])  # warm-up
+
+    def every_image() -> None:
+        for path in paths:
+            one(path)
+
+    return timed(every_image, len(paths))
+
+
+def timed(run: Callable[[], None], images: int) -> dict[str, Any]:
+    """Wall-clock and process CPU time of run(), which handles `images` images, with the load before it."""
     load = load_average()
     started, cpu = time.perf_counter(), time.process_time()
-    for path in paths:
-        one(path)
+    run()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {
-        "images": len(paths),
+        "images": images,
         "seconds": seconds,
-        "images_per_s": len(paths) / seconds,
-        "cpu_s_per_image": cpu / len(paths),
+        "images_per_s": images / seconds,
+        "cpu_s_per_image": cpu / images,
         "load_1m": load,
     }
 
@@ -187,18 +197,12 @@ def ceiling(backend: str, model: str, paths: list[Path], size: int, batch: int, 
     runtime = load_runtime(backend, model, **options)
     images = model_input(np.stack([preprocess_file(path, size) for path in paths]))
     runtime.encode(images[:batch])  # warm-up
-    load = load_average()
-    started, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(images), batch):
-        runtime.encode(images[start : start + batch])
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {
-        "images": len(images),
-        "seconds": seconds,
-        "images_per_s": len(images) / seconds,
-        "cpu_s_per_image": cpu / len(images),
-        "load_1m": load,
-    }
+
+    def every_batch() -> None:
+        for start in range(0, len(images), batch):
+            runtime.encode(images[start : start + batch])
+
+    return timed(every_batch, len(images))
 
 
 def pipeline(

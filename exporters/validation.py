@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from gsq_core.comparator import NEAR_TIE_MARGIN, Comparator, Mismatch
+from gsq_core.errors import first_line
 
 from .precision import PrecisionPlan
 
@@ -188,7 +189,7 @@ def validate_graphs(
             try:
                 output = check.run(feed)
             except Exception as error:  # any backend's failure to run, e.g. a shape baked into the graph
-                check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {_first_line(error)}")
+                check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {first_line(error)}")
                 continue
             try:
                 _compare(check.comparator, check.output_name, np.asarray(output), eager)
@@ -321,8 +322,3 @@ def summary_line(report: dict[str, Any], image_count: int) -> str:
 def _json_tolerances(tolerances: Tolerances) -> dict[str, Any]:
     """asdict with 'no limit' (infinity) written as None: JSON has no infinity."""
     return {key: (None if value == float("inf") else value) for key, value in asdict(tolerances).items()}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ArchitectureConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .ibq_config import IBQConfig, ibq_quantizer
 
 if TYPE_CHECKING:
@@ -87,8 +87,7 @@ def read_ibq_yaml(path: str | Path) -> tuple[IBQConfig, bool]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not valid YAML: {first}") from None
+        raise CheckpointError(f"{path}: not valid YAML: {first_line(error)}") from None
     try:
         return ibq_config_from_document(document)
     except ConfigError as error:

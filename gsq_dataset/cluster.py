@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from gsq_core.errors import GSQError
+from gsq_core.errors import GSQError, first_line
 
 from .resources import NodeResources
 
@@ -64,7 +64,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, timeout_s: flo
         with _deadline(timeout_s if address is not None else max(timeout_s, 120.0), address):
             ray.init(configure_logging=False, logging_level=logging.WARNING, log_to_driver=True, **init_kwargs)
     except ConnectionError as error:
-        raise ClusterError(f"--ray-address {address}: cannot connect ({_first_line(error)})") from None
+        raise ClusterError(f"--ray-address {address}: cannot connect ({first_line(error)})") from None
     try:
         yield alive_nodes()
     finally:
@@ -123,8 +123,3 @@ def _deadline(timeout_s: float, address: str | None) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gsq_core.errors import InputError
+from gsq_core.errors import InputError, first_line
 
 from .artifacts import ArtifactError, BackendUnavailableError
 from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
@@ -153,8 +153,7 @@ class OnnxRuntime(ArtifactRuntime):
             try:
                 self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self._providers)
             except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ArtifactError(f"{path}: onnxruntime cannot load it: {first_line}") from None
+                raise ArtifactError(f"{path}: onnxruntime cannot load it: {first_line(error)}") from None
         return self._sessions[name]
 
     def _run(self, name: str, value: np.ndarray) -> np.ndarray:
@@ -170,8 +169,7 @@ class OnnxRuntime(ArtifactRuntime):
             session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         except Exception as error:  # onnxruntime's own error types; report them in one line
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ArtifactError(f"{self.artifact.graph_path(name)}: onnxruntime failed: {first_line}") from None
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: onnxruntime failed: {first_line(error)}") from None
 
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Run a graph in batch chunks: a static export's fixed batch, or, for a dynamic export,

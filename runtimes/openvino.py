@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gsq_core.errors import InputError
+from gsq_core.errors import InputError, first_line
 
 from .artifacts import LOOKUP_GRAPHS, OPENVINO_HINTS, ArtifactError, BackendUnavailableError
 from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
@@ -155,8 +155,7 @@ class OpenVinoRuntime(ArtifactRuntime):
             try:
                 self._compiled[name] = compile_graph(path, self.device, self.hints[name], self.threads, self.config)
             except RuntimeError as error:
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first_line}") from None
+                raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first_line(error)}") from None
         return self._compiled[name]
 
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
@@ -172,8 +171,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         try:
             result = compiled({compiled.input(0): value})[compiled.output(0)]
         except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ArtifactError(f"{self.artifact.graph_path(name)}: OpenVINO failed: {first_line}") from None
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: OpenVINO failed: {first_line(error)}") from None
         return np.array(result)  # a copy: OpenVINO reuses its output buffer on the next call
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gsq_core.errors import InputError
+from gsq_core.errors import InputError, first_line
 from gsq_core.extras import install_hint
 
 from .artifacts import ArtifactError, BackendUnavailableError
@@ -171,7 +171,7 @@ class TrtRuntime(ArtifactRuntime):
                     runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=name)
                     runner.activate()
             except PolygraphyException as error:
-                raise ArtifactError(f"{path}: TensorRT cannot load this engine: {_first_line(error)}") from None
+                raise ArtifactError(f"{path}: TensorRT cannot load this engine: {first_line(error)}") from None
             self._runners[name] = runner
         return self._runners[name]
 
@@ -199,7 +199,7 @@ class TrtRuntime(ArtifactRuntime):
             with G_LOGGER.verbosity(G_LOGGER.ERROR):
                 outputs = runner.infer({entry["inputs"][0]["name"]: np.ascontiguousarray(value)})
         except PolygraphyException as error:
-            raise ArtifactError(f"{self.artifact.graph_path(name)}: TensorRT execution failed: {_first_line(error)}") from None
+            raise ArtifactError(f"{self.artifact.graph_path(name)}: TensorRT execution failed: {first_line(error)}") from None
         result = np.array(outputs[entry["outputs"][0]["name"]])  # a copy: the runner reuses its host buffers
         return result.astype(np.int64) if result.dtype == np.int32 else result
 
@@ -212,11 +212,6 @@ class TrtRuntime(ArtifactRuntime):
                 f"input shape {list(shape)} is outside the {name} engine's profile {low} .. {high} "
                 "(batches are split to fit); re-export with wider --min-shape/--max-shape"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 MODEL_HELP = "Exported TensorRT model directory (gsq-export --target trt --out)."

@@ -28,3 +28,19 @@ def flexgen_dir() -> Path:
 def expected_vectors(name: str) -> dict[str, np.ndarray]:
     with np.load(FLEXGEN / f"{name}.expected.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+def tiny_gsq_model():
+    """A fast GSQ tokenizer with random weights (hidden 32, no res blocks, V=256, G=4 x d=2, l2):
+    for tests of the exported graphs and their runtimes, not of fidelity."""
+    from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer
+
+    config = TokenizerConfig(
+        hidden_channels=32,
+        channel_multipliers=(1, 1),
+        encoder_layer_configs=(0, 0, 0),
+        decoder_layer_configs=(0, 0, 0),
+        embedding_dim=8,
+        quantizer=QuantizerConfig(quantize_type="gsq", num_embed=256, embed_dim=8, num_group=4, use_l2_norm=True),
+    )
+    return build_tokenizer(config, seed=0).eval()

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny_gsq_model
 
 from exporters.graphs import lookup_bias
 from exporters.lookup_graph import EXTRA_MAX, WINDOW_MAX, plan_lookup
@@ -396,17 +397,7 @@ def test_fp16_tokenize_keeps_the_window_lookup_values_fp32(tmp_path):
     and the converted graph's tokens on a latent-exact path equal the fp32 graph's."""
     from exporters.onnx_precision import FLOAT16, convert_fp16
 
-    model = build_tokenizer(
-        TokenizerConfig(
-            hidden_channels=32,
-            channel_multipliers=(1, 1),
-            encoder_layer_configs=(0, 0, 0),
-            decoder_layer_configs=(0, 0, 0),
-            embedding_dim=8,
-            quantizer=QuantizerConfig(quantize_type="gsq", num_embed=256, embed_dim=8, num_group=4, use_l2_norm=True),
-        ),
-        seed=0,
-    ).eval()
+    model = tiny_gsq_model()
     export_onnx(model, tmp_path / "fp32", graphs=("tokenize",), validate=False, progress=False)
     source = onnx.load(str(tmp_path / "fp32" / "tokenize.onnx"))
     keep = set(lookup_node_names("tokenize", source))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_gsq_model
 
 from exporters.onnx import export_onnx
-from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer
 from gsq_core.errors import InputError
 from gsq_core.images import float_to_uint8
 from runtimes.onnx import SESSION_CONFIG, OnnxRuntime
@@ -24,15 +24,7 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
 
 @pytest.fixture(scope="module")
 def model():
-    config = TokenizerConfig(
-        hidden_channels=32,
-        channel_multipliers=(1, 1),
-        encoder_layer_configs=(0, 0, 0),
-        decoder_layer_configs=(0, 0, 0),
-        embedding_dim=8,
-        quantizer=QuantizerConfig(quantize_type="gsq", num_embed=256, embed_dim=8, num_group=4, use_l2_norm=True),
-    )
-    return build_tokenizer(config, seed=0).eval()
+    return tiny_gsq_model()
 
 
 @pytest.fixture(scope="module")

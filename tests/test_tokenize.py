@@ -399,18 +399,26 @@ def test_hf_parquet_with_a_garbage_row_on_a_local_instance(tmp_path):
     np.testing.assert_array_equal(samples["train-00000-of-00002.parquet/0"].codes, codes[0])
 
 
-# -- killed part-way, then resumed ---------------------------------------------------------------------
-def test_sigkill_part_way_then_the_same_command_finishes_every_id_once(ray_cluster, tmp_path):
+def small_shard_run(tmp_path: Path, photos: list[np.ndarray], address: str) -> tuple[list[str], list[str], dict[str, str], Path]:
+    """(gsq-tokenize arguments, the command running them on the cluster at `address`, its env, DST) of a
+    run over `photos` (written as PNGs) slow enough to interrupt: batches of 2, shards of 2 rows, one
+    worker of one thread."""
     src = tmp_path / "photos"
     src.mkdir()
-    photos = photo_crops("astronaut", 24, seed=11) + photo_crops("coffee", 24, seed=12)
     for index, pixels in enumerate(photos):
         (src / f"{index:03d}.png").write_bytes(encoded(pixels, "PNG"))
     out = tmp_path / "tokens"
     args = ["--model", "default", "--input", str(src), "--output", str(out), "--size", "128"]
     args += ["--batch-size", "2", "--rows-per-shard", "2", "--workers", "1", "--threads", "1"]
-    command = [sys.executable, "-m", "gsq_dataset", "--no-progress", *args, "--ray-address", ray_cluster]
+    command = [sys.executable, "-m", "gsq_dataset", "--no-progress", *args, "--ray-address", address]
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
+    return args, command, env, out
+
+
+# -- killed part-way, then resumed ---------------------------------------------------------------------
+def test_sigkill_part_way_then_the_same_command_finishes_every_id_once(ray_cluster, tmp_path):
+    photos = photo_crops("astronaut", 24, seed=11) + photo_crops("coffee", 24, seed=12)
+    args, command, env, out = small_shard_run(tmp_path, photos, ray_cluster)
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     staged: list[Path] = []
     deadline = time.monotonic() + 240
@@ -470,16 +478,8 @@ def tokenizer_actor_pids(head_pid: int) -> list[int]:
 
 def test_a_lost_worker_is_replaced_and_the_run_finishes_every_id_once(ray_head, tmp_path):
     address, head_pid = ray_head
-    src = tmp_path / "photos"
-    src.mkdir()
     photos = photo_crops("rocket", 20, seed=21) + photo_crops("chelsea", 20, seed=22)
-    for index, pixels in enumerate(photos):
-        (src / f"{index:03d}.png").write_bytes(encoded(pixels, "PNG"))
-    out = tmp_path / "tokens"
-    args = ["--model", "default", "--input", str(src), "--output", str(out), "--size", "128"]
-    args += ["--batch-size", "2", "--rows-per-shard", "2", "--workers", "1", "--threads", "1"]
-    command = [sys.executable, "-m", "gsq_dataset", "--no-progress", *args, "--ray-address", address]
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **LOOPBACK_ENV}
+    _, command, env, out = small_shard_run(tmp_path, photos, address)
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
     deadline = time.monotonic() + 240
