@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,8 +33,11 @@ from benchmarks.measure import machine_info, missing_package, run_json_worker, t
 from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 
+if TYPE_CHECKING:
+    from exporters.precision import PrecisionPlan
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ("torch", "fp32")
+REFERENCE = ("torch", "fp32")  # backend and precision (the report's spec) of the eager reference
 FAITHFUL_SCORE_GAP = 1e-5  # tokenize: every token within this float64 score gap of the best code
 FAITHFUL_PSNR_DROP_DB = 0.3  # detokenize: PSNR against the input at most this far below eager's
 
@@ -50,12 +53,13 @@ def comma_list(text: str) -> list[str]:
     return values
 
 
-def precision_list(text: str) -> list[str]:
-    """Canonical precision specs from `fp32,int8,encoder=fp32+decoder=int8` (exporters.precision)."""
-    from exporters.precision import canonical
+def precision_list(text: str) -> list[PrecisionPlan]:
+    """The precision plans of `fp32,int8,encoder=fp32+decoder=int8` (exporters.precision), each once:
+    parsed here, at the command line, and passed on as plans."""
+    from exporters.precision import PrecisionPlan
 
     try:
-        return list(dict.fromkeys(canonical(item) for item in comma_list(text)))
+        return list(dict.fromkeys(PrecisionPlan.parse(item) for item in comma_list(text)))
     except GSQError as error:
         raise argparse.ArgumentTypeError(str(error).replace("--precision ", "")) from None
 
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precisions",
         type=precision_list,
-        default=["fp32"],
+        default="fp32",  # argparse passes a text default through precision_list
         help="e.g. fp32,fp16,int8,encoder=fp32+decoder=int8 (one per part: '+' between parts)",
     )
     parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 8], help="throughput batch sizes")
@@ -105,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- artifacts ------------------------------------------------------------------------------------
-def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: Any) -> Path:
+def artifact_for(backend: str, precision: PrecisionPlan, args: argparse.Namespace, model: Any) -> Path:
     """The checkpoint (torch) or artifact directory a runtime opens; exports it when needed."""
     from runtimes import BACKENDS
 
     if backend not in BACKENDS:
         raise Unavailable(f"no runtime named {backend!r} in this install (runtimes: {', '.join(BACKENDS)})")
     if backend == "torch":
-        if precision != "fp32":
+        if precision.single != "fp32":
             raise Unavailable("the torch runtime is the fp32 eager reference; it has no reduced precisions")
         return Path(args.ckpt_path)
     name = artifact_name(backend, precision)
@@ -126,23 +130,19 @@ def artifact_for(backend: str, precision: str, args: argparse.Namespace, model: 
     return _export(backend, precision, model, exported, args)
 
 
-def artifact_name(backend: str, precision: str) -> str:
+def artifact_name(backend: str, precision: PrecisionPlan) -> str:
     """The folder name of one backend + precision export: onnx-int8, onnx-encoder_fp32+decoder_int8."""
-    from exporters.precision import PrecisionPlan
-
-    return f"{backend}-{PrecisionPlan.parse(precision).slug}"
+    return f"{backend}-{precision.slug}"
 
 
-def _manifest_matches(directory: Path, backend: str, precision: str, args: argparse.Namespace) -> bool:
+def _manifest_matches(directory: Path, backend: str, precision: PrecisionPlan, args: argparse.Namespace) -> bool:
     """Whether directory holds a backend + precision export; GSQError when it holds one of another checkpoint."""
     from runtimes.artifacts import load_artifact
 
     if not (directory / "manifest.json").is_file():
         return False
-    from exporters.precision import canonical
-
     manifest = load_artifact(directory, verify_checksums=False).manifest
-    if manifest.get("target") != backend or canonical(manifest.get("precision", "")) != precision:
+    if manifest.get("target") != backend or manifest.get("precision") != str(precision):  # the canonical spec
         return False
     source = (manifest.get("source") or {}).get("sha256")
     if source != args.ckpt_sha256:
@@ -155,7 +155,7 @@ def _manifest_matches(directory: Path, backend: str, precision: str, args: argpa
     return True
 
 
-def _export(backend: str, precision: str, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
+def _export(backend: str, precision: PrecisionPlan, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
     """Export with the target's exporter (exporters.build); compare.py measures fidelity itself."""
     from exporters import TARGETS
     from exporters.build import ExportOptions, export
@@ -225,7 +225,7 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
 
 def result_record(
     backend: str,
-    precision: str,
+    precision: PrecisionPlan,
     worker: dict[str, Any],
     quality: dict[str, Any],
     reference: dict[str, Any],
@@ -238,7 +238,7 @@ def result_record(
     flops, peak = extra["flops"], extra["matmul_gflops"] * 1e9
     return {
         "backend": backend,
-        "precision": precision,
+        "precision": str(precision),
         "device": str(worker["info"].get("device", "cpu")),
         **quality,
         "encode_ms_p50": encode_p50,
@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.backend_worker import timing_images
     from benchmarks.compare_report import fidelity, load_outputs
+    from exporters.precision import PrecisionPlan
     from gsq_core.api import load_tokenizer, resolve_checkpoint
     from gsq_core.budgets import check_work
     from gsq_core.images import expand_image_paths, inspect_image, read_image
@@ -292,7 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timing_size = list(timing_images(inputs)[0].shape[2:])
     spec = model.quantizer.lookup_spec()
 
-    pairs = [REFERENCE] + [(b, p) for b in args.backends for p in args.precisions if (b, p) != REFERENCE]
+    reference = (REFERENCE[0], PrecisionPlan.uniform(REFERENCE[1]))
+    pairs = [reference] + [(b, p) for b in args.backends for p in args.precisions if (b, p) != reference]
     if args.artifacts is not None:  # an artifact of another checkpoint is refused before anything is measured
         for backend, precision in pairs:
             for candidate in (args.artifacts / artifact_name(backend, precision), args.artifacts):
@@ -308,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 target = artifact_for(backend, precision, args, model)
             except Unavailable as reason:
-                skipped.append({"backend": backend, "precision": precision, "reason": str(reason)})
+                skipped.append({"backend": backend, "precision": str(precision), "reason": str(reason)})
                 progress.update()
                 continue
             outputs_path = Path(workdir) / f"{artifact_name(backend, precision)}.npz"
@@ -327,12 +329,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             worker = run_worker(job)
             progress.update()
             if worker["status"] != "ok":
-                if (backend, precision) == REFERENCE:
+                if (backend, precision) == reference:
                     raise GSQError(f"the eager reference failed: {worker['reason']}")
-                skipped.append({"backend": backend, "precision": precision, "reason": worker["reason"]})
+                skipped.append({"backend": backend, "precision": str(precision), "reason": worker["reason"]})
                 continue
             outputs = load_outputs(outputs_path, len(paths))
-            if (backend, precision) == REFERENCE:
+            if (backend, precision) == reference:
                 reference_outputs, reference_worker = outputs, worker
                 codes = {f"codes_{index}": value for index, value in enumerate(outputs["codes"])}
                 np.savez(Path(workdir) / "reference_codes.npz", **codes)
@@ -364,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {
             "backends": args.backends,
-            "precisions": args.precisions,
+            "precisions": [str(plan) for plan in args.precisions],
             "batch_sizes": args.batch_sizes,
             "repeats": args.repeats,
             "threads": args.threads,

@@ -1,7 +1,7 @@
 """exporters: turn a GSQ tokenizer into deployable graphs plus a manifest (see docs/onnx.md).
 
     from exporters.build import ExportOptions, export
-    manifest = export(load_tokenizer("model.pt"), "out/model-onnx", "onnx", ExportOptions(precision="fp32"))
+    manifest = export(load_tokenizer("model.pt"), "out/model-onnx", "onnx", ExportOptions())  # fp32
 
 or `gsq-export --ckpt model.pt --target onnx --out out/model-onnx`. Torch loads lazily: the target
 modules import without it, so `gsq-export --help` works on the base install.
@@ -10,6 +10,8 @@ modules import without it, so `gsq-export --help` works on the base install.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import Field, field, fields
+from typing import Any
 
 from gsq_core.errors import GSQError
 
@@ -51,4 +53,29 @@ def select_graphs(graphs: Iterable[str]) -> list[str]:
     return [name for name in GRAPH_NAMES if name in names]
 
 
-__all__ = ["TARGETS", "GRAPH_NAMES", "ExportError", "ExportValidationError", "__version__", "select_graphs"]
+def flag(default: Any, name: str, help: str, type: Any = None) -> Any:  # noqa: A002 - click's words
+    """A dataclass field that gsq-export offers as the flag `name` (a target's option, a threshold
+    of exporters.validation.Tolerances).
+
+    type: None (text), "path", "float", ("int_range", minimum), ("float_range", (minimum, maximum))
+    or ("choice", values), turned into click types by exporters.target_options; the flag's value is
+    None when not given, the field's default then applies.
+    """
+    return field(default=default, metadata={"flag": name, "help": help, "type": type})
+
+
+def flag_fields(kind: type) -> list[Field]:
+    """The fields of a dataclass that are gsq-export flags, in declaration order."""
+    return [item for item in fields(kind) if "flag" in item.metadata]
+
+
+__all__ = [
+    "TARGETS",
+    "GRAPH_NAMES",
+    "ExportError",
+    "ExportValidationError",
+    "__version__",
+    "select_graphs",
+    "flag",
+    "flag_fields",
+]

@@ -2,7 +2,8 @@
 through the runtime users load, an atomic install.
 
     from exporters.build import ExportOptions, export
-    manifest = export(model, "out/model-ov", "openvino", ExportOptions(precision="int8"))
+    from exporters.precision import PrecisionPlan
+    manifest = export(model, "out/model-ov", "openvino", ExportOptions(precision=PrecisionPlan.parse("int8")))
 
 A target is a `Target` declared in its own module (exporters.onnx, .openvino, .tensorrt, .triton)
 and named by one line in exporters.TARGETS. It says which precisions it builds, which typed options
@@ -27,7 +28,7 @@ import copy
 import importlib
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,9 +38,9 @@ from gsq_core.console import termination_unwinds
 
 from . import GRAPH_NAMES, TARGETS, ExportError, select_graphs
 from .manifest import MANIFEST_NAME, write_manifest
-from .precision import LOOKUP_GRAPHS, LOOKUP_PRECISION, PRECISIONS, PrecisionPlan, canonical, precision_label
+from .precision import LOOKUP_GRAPHS, LOOKUP_PRECISION, PrecisionPlan
 from .staging import StageLog, check_destination, install_artifact, raise_if_failed, staging_folder
-from .validation import summary_line, validate_graphs
+from .validation import check_overrides, summary_line, validate_graphs
 
 if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer
@@ -50,29 +51,20 @@ LOOKUP_CODE_BLOCK = 65536  # codes per lookup block in the graphs (exporters.gra
 OptionsT = TypeVar("OptionsT")
 
 
-def flag(default: Any, name: str, help: str, type: Any = None) -> Any:  # noqa: A002 - click's words
-    """A field of a target's option dataclass that gsq-export offers as the flag `name`.
-
-    type: None (text), "path", ("int_range", minimum) or ("choice", values), turned into click
-    types by exporters.target_options; the flag's value is None when not given, the field's
-    default then applies.
-    """
-    return field(default=default, metadata={"flag": name, "help": help, "type": type})
-
-
 @dataclass(frozen=True)
 class ExportOptions:
     """What every target takes; gsq-export's common flags map onto it one to one.
 
-    precision: one precision for every graph ("int8") or one per part ("encoder=fp32,decoder=int8",
-    or a PrecisionPlan); stored as its canonical spec string, read per graph with `precision_for`
-    (exporters.precision: the quantizer lookup is fp32 in every build, fused graphs follow their
-    parts). tolerance_overrides: gsq-export's threshold flags, applied to every reduced-precision
-    graph's tolerances. target_options holds the target's own typed options (e.g.
-    exporters.tensorrt.TensorRTOptions); a target gets its defaults when absent.
+    precision: the PrecisionPlan, parsed where the user gave it (PrecisionPlan.parse("int8"),
+    PrecisionPlan.parse("encoder=fp32,decoder=int8"); exporters.precision: the quantizer lookup is
+    fp32 in every build, fused graphs follow their parts); a string is refused, never re-parsed.
+    tolerance_overrides: gsq-export's threshold flags (exporters.validation.Tolerances' flag fields),
+    applied to every reduced-precision graph's tolerances; an unknown name is refused here.
+    target_options holds the target's own typed options (e.g. exporters.tensorrt.TensorRTOptions);
+    a target gets its defaults when absent.
     """
 
-    precision: str | PrecisionPlan = "fp32"
+    precision: PrecisionPlan = PrecisionPlan()
     opset: int = DEFAULT_OPSET
     dynamic: bool = True
     image_size: tuple[int, int] | None = None
@@ -90,26 +82,18 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "graphs", tuple(select_graphs(self.graphs)))
-        object.__setattr__(self, "precision", canonical(self.precision))  # ExportError for a bad spec
-        object.__setattr__(self, "tolerance_overrides", dict(self.tolerance_overrides))
+        if not isinstance(self.precision, PrecisionPlan):
+            raise TypeError(f"precision must be a PrecisionPlan (PrecisionPlan.parse(text)), not {self.precision!r}")
+        object.__setattr__(self, "tolerance_overrides", check_overrides(self.tolerance_overrides))
         if self.calib_images is not None:
             object.__setattr__(self, "calib_images", Path(self.calib_images))
         if self.lookup not in ("auto", "dense"):
             raise ExportError(f"unknown lookup {self.lookup!r}; choose auto or dense")
 
     @property
-    def plan(self) -> PrecisionPlan:
-        """The precision of each part (encoder, decoder; the lookup is fp32)."""
-        return PrecisionPlan.parse(self.precision)
-
-    def precision_for(self, graph: str) -> str:
-        """The precision one graph is built in."""
-        return self.plan.for_graph(graph)
-
-    @property
     def precisions(self) -> set[str]:
         """Every precision some graph of this build uses."""
-        return {self.precision_for(graph) for graph in self.graphs}
+        return {self.precision.for_graph(graph) for graph in self.graphs}
 
     def options_of(self, kind: type[OptionsT]) -> OptionsT:
         """The target options of this type, or its defaults."""
@@ -118,15 +102,12 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class SourceRequest:
-    """The artifact a target is converted from: a target and precision spec, built with this skeleton."""
+    """The artifact a target is converted from: a target and precision plan, built with this skeleton."""
 
     target: str
-    precision: str | PrecisionPlan
+    precision: PrecisionPlan
     validate: bool = False  # validate the source itself (Triton serves it as it is)
     graphs: tuple[str, ...] | None = None  # None: the graphs asked for
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", canonical(self.precision))
 
 
 @dataclass(frozen=True)
@@ -218,12 +199,10 @@ def check_target(name: str, options: ExportOptions) -> Target:
     """The target, after refusing what it cannot build here (precision, foreign options, packages),
     for it and, recursively, for the artifact it is converted from."""
     target = load_target(name)
-    plan = options.plan
-    unsupported = sorted({plan.encoder, plan.decoder} - set(target.precisions), key=PRECISIONS.index)
+    unsupported = options.precision.unsupported(target.precisions)
     if unsupported:
         raise ExportError(
-            f"--precision {precision_label(plan, unsupported[0])} is not available for --target {name} "
-            f"(choose {', '.join(target.precisions)})"
+            f"--precision {unsupported} is not available for --target {name} (choose {', '.join(target.precisions)})"
         )
     for value in options.target_options:
         if not isinstance(value, target.option_types):
@@ -286,7 +265,7 @@ def convert(
     if request is None:
         raise ExportError(f"--target {target} --precision {options.precision} is traced from the model, not converted")
     found = (source.manifest.get("target"), source.manifest.get("precision"))
-    if found != (request.target, request.precision):  # both canonical spec strings
+    if found != (request.target, str(request.precision)):  # the manifest records the canonical spec
         raise ExportError(
             f"{source_dir}: --target {target} --precision {options.precision} converts a {request.target} "
             f"{request.precision} artifact, found {found[0]} {found[1]}"
@@ -315,7 +294,7 @@ def _build(
             if model is not None:
                 model.eval()
             manifest = target.build(BuildStep(model, source, staging, options, log))
-            record_precisions(manifest, options.plan)
+            record_precisions(manifest, options.precision)
             if target.runtime is not None:
                 manifest["validation"] = None
             if validating:
@@ -380,7 +359,7 @@ def validate_staged(
             [specs[name] for name in manifest["graphs"]],
             runtime,
             batches,
-            options.plan,
+            options.precision,
             image_names=[name for name, _ in photos],
             tolerance_overrides=options.tolerance_overrides,
             paths=composed_calls(manifest["graphs"]),
@@ -403,7 +382,3 @@ def _cpu_fp32(model: GSQTokenizer) -> GSQTokenizer:
         return model
     return copy.deepcopy(model).float().cpu()
 
-
-def option_fields(kind: type) -> list[Any]:
-    """The dataclass fields of a target option type that are gsq-export flags."""
-    return [item for item in fields(kind) if "flag" in item.metadata]

@@ -10,7 +10,6 @@ symbolic in the exported graph (validation runs other shapes than the traced one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +20,6 @@ from gsq_core.model import GSQTokenizer
 
 from . import GRAPH_NAMES  # noqa: F401  (also importable from here, as before)
 from .lookup_graph import LookupPlan, WindowLookup, graph_normalize, plan_lookup
-from .validation import Tolerances, tolerances_for
 
 # Codes per lookup block: the graph never holds more than [N, LOOKUP_CODE_BLOCK] fp32 scores.
 LOOKUP_CODE_BLOCK = 65536
@@ -191,19 +189,16 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph of the artifact: its file, how to build the torch module, its I/O, and what it is
-    held to against eager (validation feeds it the eager value named like its input and compares its
-    output with the eager value named like its output: images, latent or codes)."""
+    """One graph of the artifact: its file, how to build the torch module, and its I/O (validation
+    feeds it the eager value named like its input and compares its output with the eager value named
+    like its output: images, latent or codes; its tolerances come from the precision it is built in,
+    exporters.validation.tolerances_for, the same for every graph)."""
 
     name: str
     file: str
     build: Callable[[GSQTokenizer], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    def tolerances(self, precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances:
-        """The tolerances this graph is validated with when built in `precision` (overrides: the
-        reduced precisions' thresholds set by gsq-export's flags)."""
-        return tolerances_for(precision, overrides)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import ExportError, __version__
 from .build import DEFAULT_OPSET, BuildStep, ExportOptions, SourceRequest, Target, export
 from .manifest import build_manifest
+from .precision import PrecisionPlan
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,7 @@ def _source(options: ExportOptions) -> SourceRequest | None:
     """fp32 graphs are traced from the model; reduced precisions convert the fp32 graphs."""
     if options.precisions == {"fp32"}:
         return None
-    return SourceRequest("onnx", "fp32")
+    return SourceRequest("onnx", PrecisionPlan())
 
 
 def _check(options: ExportOptions) -> None:

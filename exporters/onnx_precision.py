@@ -267,7 +267,7 @@ def convert_precision(step: BuildStep) -> dict[str, Any]:
     model, source, options, staging, log = step.model, step.source, step.options, step.staging, step.log
     assert model is not None and source is not None
     names = [name for name in source.graphs if name in options.graphs]
-    precisions = {name: options.precision_for(name) for name in names}
+    precisions = {name: options.precision.for_graph(name) for name in names}
     int8_inputs = {source.graphs[name]["inputs"][0]["name"] for name in names if precisions[name] == "int8"}
     photos = photos_for(options.calib_images) if int8_inputs else []
     batch, size = source.fixed_shape()

@@ -74,7 +74,7 @@ def export_openvino(model: Any, out_dir: str | Path, **options: Any) -> dict:
 def convert_ir(step: BuildStep) -> dict[str, Any]:
     """Build step: convert every graph of the ONNX source artifact (any precision) to OpenVINO IR."""
     ov = require_openvino()
-    source, staging, log, plan = step.source, step.staging, step.log, step.options.plan
+    source, staging, log, plan = step.source, step.staging, step.log, step.options.precision
     assert source is not None
     manifest = source.manifest_copy()
     manifest["graphs"], manifest["files"] = {}, {}
@@ -123,7 +123,7 @@ def convert_ir(step: BuildStep) -> dict[str, Any]:
 
 def split_tokenize(options: ExportOptions) -> bool:
     """Whether a tokenize graph asked for is written as encoder + quantizer (a bf16 encoder)."""
-    return "tokenize" in options.graphs and options.plan.encoder == "bf16"
+    return "tokenize" in options.graphs and options.precision.encoder == "bf16"
 
 
 def _source(options: ExportOptions) -> SourceRequest:
@@ -132,7 +132,7 @@ def _source(options: ExportOptions) -> SourceRequest:
     graphs = list(options.graphs)
     if split_tokenize(options):
         graphs = [name for name in graphs if name != "tokenize"] + ["encoder", "quantizer"]
-    precision = options.plan.map(lambda value: "fp32" if value == "bf16" else value)
+    precision = options.precision.map(lambda value: "fp32" if value == "bf16" else value)
     return SourceRequest("onnx", precision, graphs=tuple(select_graphs(graphs)))
 
 

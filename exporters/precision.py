@@ -14,15 +14,19 @@ fp32 in every build, and so is the codebook gather in front of the decoder. Grap
     tokenize   -> the encoder's precision, its lookup fp32
     detokenize -> the decoder's precision, its codebook gather fp32
 
-The spec string (`str(plan)`) is canonical: one name when both parts agree ("int8"), else
-"encoder=fp32,decoder=int8"; the manifest records it as `precision`, and the plain per-part and
-per-graph facts beside it (`precisions`, `graphs.<name>.precision`).
+A plan is parsed once, where a user gives it as text (gsq-export's --precision, benchmarks/compare.py's
+--precisions, a manifest read back), and travels as a PrecisionPlan from there on: ExportOptions,
+the targets and validation take the plan, never a string. It renders itself in one way, `str(plan)`,
+the canonical spec: one name when both parts agree ("int8"), else "encoder=fp32,decoder=int8"; the
+manifest and the validation report record it as `precision` (with the plain per-part and per-graph
+facts beside it: `precisions`, `graphs.<name>.precision`), and `slug` is the same text made safe
+for a file name.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from runtimes.artifacts import LOOKUP_GRAPHS, PRECISIONS
@@ -60,12 +64,10 @@ class PrecisionPlan:
         return cls(precision, precision)
 
     @classmethod
-    def parse(cls, text: str | PrecisionPlan) -> PrecisionPlan:
+    def parse(cls, text: str) -> PrecisionPlan:
         """A plan from `fp32` or `encoder=fp32,decoder=int8` (',' or '+' between parts);
-        ExportError (one line) for anything else."""
-        if isinstance(text, PrecisionPlan):
-            return text
-        spec = str(text).strip()
+        ExportError (one line) for anything else. Called where a user's text enters, once."""
+        spec = text.strip()
         if not spec:
             raise ExportError(f"--precision is empty; give one of {', '.join(PRECISIONS)} or encoder=...,decoder=...")
         if "=" not in spec:
@@ -122,20 +124,22 @@ class PrecisionPlan:
         """The manifest's `precisions`: every part, the lookup included, with its precision."""
         return {"encoder": self.encoder, "quantizer": LOOKUP_PRECISION, "decoder": self.decoder}
 
+    def unsupported(self, available: Iterable[str]) -> str | None:
+        """How a refusal names the first precision of this plan not in `available`: `fp16` when
+        every part has it, `bf16 (the decoder)` otherwise; None when every part's is available."""
+        allowed = set(available)
+        used = (self.encoder, self.decoder)
+        missing = [precision for precision in PRECISIONS if precision in used and precision not in allowed]
+        if not missing:
+            return None
+        first = missing[0]
+        return first if self.single == first else f"{first} (the {' and '.join(self.parts_in(first))})"
+
     @property
     def slug(self) -> str:
-        """A file-name-safe form: `int8`, `encoder_fp32+decoder_int8`."""
-        return self.single or "+".join(f"{part}_{self.for_part(part)}" for part in PARTS)
+        """The spec made safe for a file name: `int8`, `encoder_fp32+decoder_int8`."""
+        return str(self).replace("=", "_").replace(",", "+")
 
     def __str__(self) -> str:
+        """The canonical spec, what the manifest and the report record: `int8`, `encoder=fp32,decoder=int8`."""
         return self.single or ",".join(f"{part}={self.for_part(part)}" for part in PARTS)
-
-
-def canonical(spec: str | PrecisionPlan) -> str:
-    """The canonical spec string of a precision ("int8", "encoder=fp32,decoder=int8")."""
-    return str(PrecisionPlan.parse(spec))
-
-
-def precision_label(plan: PrecisionPlan, precision: str) -> str:
-    """How a refusal names a precision: `fp16` when every part has it, `bf16 (the decoder)` otherwise."""
-    return precision if plan.single == precision else f"{precision} (the {' and '.join(plan.parts_in(precision))})"

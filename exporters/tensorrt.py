@@ -34,8 +34,8 @@ import numpy as np
 
 from runtimes.trt import cuda_device_facts, missing_requirements, trt_install_hint
 
-from . import ExportError
-from .build import BuildStep, ExportOptions, SourceRequest, Target, export, flag
+from . import ExportError, flag
+from .build import BuildStep, ExportOptions, SourceRequest, Target, export
 from .calibration import multiple_of
 from .manifest import file_checksum
 from .onnx_precision import fp32_node_names
@@ -171,7 +171,7 @@ def build_engines(step: BuildStep) -> dict[str, Any]:
     (staging / "onnx").mkdir()
     for name, onnx_entry in source.graphs.items():
         log.start()
-        precision = options.precision_for(name)
+        precision = options.precision.for_graph(name)
         proto = onnx.load(str(source.graph_path(name)))
         keep_fp32 = fp32_node_names(name, proto)
         prepared = prepare_for_tensorrt(proto)
@@ -345,7 +345,7 @@ def _polygraphy_version() -> dict[str, str]:
 def _source(options: ExportOptions) -> SourceRequest:
     """fp16 / bf16 engines are made by TensorRT from the fp32 graphs; int8 from the QDQ graphs (per
     part: a mixed build's encoder and decoder each from the graphs of their own precision)."""
-    return SourceRequest("onnx", options.plan.map(lambda precision: "int8" if precision == "int8" else "fp32"))
+    return SourceRequest("onnx", options.precision.map(lambda precision: "int8" if precision == "int8" else "fp32"))
 
 
 def _check(options: ExportOptions) -> None:

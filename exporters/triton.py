@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import ExportError
-from .build import BuildStep, ExportOptions, SourceRequest, Target, convert, export, flag, load_target
+from . import ExportError, flag
+from .build import BuildStep, ExportOptions, SourceRequest, Target, convert, export, load_target
 from .manifest import file_checksum
-from .precision import precision_label
+from .precision import PrecisionPlan
 from .tensorrt import TensorRTOptions, require_tensorrt
 
 TRITON_BACKENDS: dict[str, dict[str, str]] = {
@@ -101,9 +101,8 @@ def make_repository(
     """Write a Triton model repository serving the tokenize / detokenize graphs of an artifact."""
     triton = TritonOptions(triton_backend, max_batch, instance_kind, model_prefix)
     found = json.loads((Path(graphs_dir) / "manifest.json").read_text()) if (Path(graphs_dir) / "manifest.json").is_file() else {}
-    options = ExportOptions(
-        precision=found.get("precision", "fp32"), overwrite=overwrite, progress=progress, target_options=(triton,)
-    )
+    plan = PrecisionPlan.parse(found.get("precision", "fp32"))  # the artifact's, as its manifest records it
+    options = ExportOptions(precision=plan, overwrite=overwrite, progress=progress, target_options=(triton,))
     return convert(None, graphs_dir, out_dir, "triton", options)
 
 
@@ -173,11 +172,10 @@ def _check(options: ExportOptions) -> None:
     """Precisions and options the chosen Triton backend has no build for."""
     triton = options.options_of(TritonOptions)
     source = load_target(triton.source_target)
-    plan = options.plan
-    unsupported = sorted({plan.encoder, plan.decoder} - set(source.precisions))
+    unsupported = options.precision.unsupported(source.precisions)
     if unsupported:
         raise ExportError(
-            f"--precision {precision_label(plan, unsupported[0])} is not available "
+            f"--precision {unsupported} is not available "
             f"for --target triton with --triton-backend {triton.backend} (choose {', '.join(source.precisions)})"
         )
     if triton.backend != "tensorrt" and any(isinstance(value, TensorRTOptions) for value in options.target_options):

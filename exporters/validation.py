@@ -3,9 +3,11 @@
 Every target is validated the same way: the staged artifact is opened with the runtime users load
 (runtimes.load_runtime, see exporters.build), each graph is run through that runtime's `run_graph`
 (its sessions, options and batch chunking) on the eager model's inputs, and its output is measured
-by the one comparator (gsq_core.comparator) against eager fp32. What a graph reads and writes, and
-which tolerances hold it, come from its spec (exporters.graphs.GraphSpec): no branch here knows a
-graph by name. Importing this module does not import torch (gsq-export's options use Tolerances).
+by the one comparator (gsq_core.comparator) against eager fp32. What a graph reads and writes comes
+from its spec (exporters.graphs.GraphSpec): no branch here knows a graph by name. Which tolerances
+hold it comes from the one table below (TOLERANCES), by the precision the plan builds it in, with
+gsq-export's threshold flags (the flag fields of Tolerances) applied to the reduced precisions.
+Importing this module does not import torch (gsq-export's flags come from Tolerances).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from gsq_core.comparator import NEAR_TIE_MARGIN, Comparator, Mismatch
 from gsq_core.errors import first_line
 
+from . import ExportError, flag, flag_fields
 from .precision import PrecisionPlan
 
 if TYPE_CHECKING:
@@ -28,14 +31,35 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """What an exported graph must meet against eager fp32 to pass."""
+    """What an exported graph must meet against eager fp32 to pass. The fields made with `flag` are
+    the thresholds gsq-export's flags set for reduced-precision graphs (tolerance overrides)."""
 
-    max_score_gap: float = 1e-5  # every token an optimal choice (float64 score gap on the eager latent)
-    max_latent_relative_error: float = 1e-4  # max |latent - eager| / max |eager latent|
-    min_recon_psnr_db: float = 60.0  # every decoded image against eager's decode of the same codes
+    min_token_agreement: float = flag(  # share of tokens identical to eager fp32
+        0.0,
+        "--min-token-agreement",
+        "Reduced precisions: warn below this share of tokens identical to eager.",
+        ("float_range", (0, 1)),
+    )
+    max_latent_relative_error: float = flag(  # max |latent - eager| / max |eager latent|
+        1e-4,
+        "--max-latent-error",
+        "Reduced precisions: warn above this latent error (relative to the latent's magnitude).",
+        ("float_range", (0, None)),
+    )
+    min_recon_psnr_db: float = flag(  # every decoded image against eager's decode of the same codes
+        60.0,
+        "--min-recon-psnr",
+        "Reduced precisions: warn below this reconstruction PSNR against eager (dB).",
+        "float",
+    )
     # decoders: mean PSNR against the input images, below eager's decode of the same codes (dB)
-    max_input_psnr_drop_db: float = float("inf")
-    min_token_agreement: float = 0.0  # share of tokens identical to eager fp32
+    max_input_psnr_drop_db: float = flag(
+        float("inf"),
+        "--max-input-psnr-drop",
+        "Reduced precisions: warn when a decoder's PSNR against the input images is this far below eager's (dB).",
+        ("float_range", (0, None)),
+    )
+    max_score_gap: float = 1e-5  # every token an optimal choice (float64 score gap on the eager latent)
     near_tie_margin: float = NEAR_TIE_MARGIN  # disagreements whose eager score margin is below this are rounding
     warn_only: bool = False  # misses become report["warnings"] (reduced precisions), except errors / NaN
 
@@ -72,18 +96,24 @@ TOLERANCES: dict[str, Tolerances] = {
         warn_only=True,
     ),
 }
-OVERRIDABLE = ("min_token_agreement", "max_latent_relative_error", "min_recon_psnr_db", "max_input_psnr_drop_db")
+# The tolerances gsq-export's threshold flags (tolerance overrides) may set: the flag fields above.
+OVERRIDABLE: tuple[str, ...] = tuple(item.name for item in flag_fields(Tolerances))
+
+
+def check_overrides(overrides: Mapping[str, float]) -> dict[str, float]:
+    """The tolerance overrides as a plain dict; ExportError (one line) for a name that is not one
+    of the thresholds (OVERRIDABLE). The one check, made by ExportOptions and by tolerances_for."""
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ExportError(f"tolerance overrides {unknown}: only {', '.join(OVERRIDABLE)} can be set")
+    return dict(overrides)
 
 
 def tolerances_for(precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances:
-    """The tolerances of a graph built in `precision`: fp32's for fp32, else the precision's
-    warning thresholds with gsq-export's flags (overrides)."""
-    if precision == "fp32":
-        return TOLERANCES["fp32"]
-    unknown = set(overrides or {}) - set(OVERRIDABLE)
-    if unknown:
-        raise ValueError(f"tolerance overrides {sorted(unknown)}: only {', '.join(OVERRIDABLE)} can be set")
-    return replace(TOLERANCES[precision], **dict(overrides or {}))
+    """The tolerances of a graph built in `precision`: fp32's for fp32 (overrides never loosen
+    them), else the precision's warning thresholds with gsq-export's flags (overrides)."""
+    checked = check_overrides(overrides or {})
+    return TOLERANCES["fp32"] if precision == "fp32" else replace(TOLERANCES[precision], **checked)
 
 
 class GraphRunner(Protocol):
@@ -102,8 +132,6 @@ class GraphSpecLike(Protocol):
     name: str
     inputs: tuple[TensorSpecLike, ...]
     outputs: tuple[TensorSpecLike, ...]
-
-    def tolerances(self, precision: str, overrides: Mapping[str, float] | None = None) -> Tolerances: ...
 
 
 @dataclass(frozen=True)
@@ -131,13 +159,13 @@ def validate_graphs(
     specs: Sequence[GraphSpecLike],
     runtime: GraphRunner,
     batches: list[np.ndarray],
-    precision: str | PrecisionPlan = "fp32",
+    plan: PrecisionPlan = PrecisionPlan(),
     image_names: list[str] | None = None,
     tolerance_overrides: Mapping[str, float] | None = None,
     paths: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every graph through runtime.run_graph on the batches and judge it against eager fp32,
-    each at its own precision (precision: one for all parts, or a per-part spec / PrecisionPlan).
+    each at the precision the plan builds it in (its tolerances: tolerances_for).
 
     paths: also judge these runtime calls ("encode", "decode"), at the encoder's / decoder's
     precision: what users call where no single graph answers it (an OpenVINO bf16 encoder runs
@@ -147,7 +175,6 @@ def validate_graphs(
     """
     import torch
 
-    plan = PrecisionPlan.parse(precision)
     lookup = model.quantizer.lookup_spec()
     checks = [
         _Check(
@@ -156,7 +183,7 @@ def validate_graphs(
             spec.outputs[0].name,
             lambda value, name=spec.name: runtime.run_graph(name, value),
             plan.for_graph(spec.name),
-            spec.tolerances(plan.for_graph(spec.name), tolerance_overrides),
+            tolerances_for(plan.for_graph(spec.name), tolerance_overrides),
             Comparator(lookup),
         )
         for spec in specs

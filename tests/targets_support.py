@@ -54,8 +54,9 @@ def reduced_onnx(name: str, precision: str) -> Path:
     from exporters.build import ExportOptions, convert
     from exporters.precision import PrecisionPlan
 
-    out = _ROOT / f"{name}-onnx-{PrecisionPlan.parse(precision).slug}"
-    options = ExportOptions(precision=precision, calib_images=FLEXGEN / f"{name}_images", progress=False)
+    plan = PrecisionPlan.parse(precision)
+    out = _ROOT / f"{name}-onnx-{plan.slug}"
+    options = ExportOptions(precision=plan, calib_images=FLEXGEN / f"{name}_images", progress=False)
     convert(eager(name), fp32_onnx(name), out, "onnx", options)
     return out
 

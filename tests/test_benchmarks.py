@@ -175,11 +175,12 @@ def test_fastest_faithful_path_picks_the_fastest_result_that_meets_each_criterio
 
 def test_compare_reads_per_part_precisions_and_refuses_bad_ones(tmp_path):
     from benchmarks.compare import precision_list
+    from exporters.precision import PrecisionPlan
 
     assert precision_list("fp32,encoder=fp32+decoder=int8,int8,decoder=int8") == [
-        "fp32",
-        "encoder=fp32,decoder=int8",
-        "int8",
+        PrecisionPlan("fp32", "fp32"),
+        PrecisionPlan("fp32", "int8"),
+        PrecisionPlan("int8", "int8"),
     ]
     args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", str(FIXTURES / "gsq_f8_magvit_images")]
     completed = run_module("benchmarks.compare", *args, "--precisions", "fp32,quantizer=int8", "--out", str(tmp_path / "r"))

@@ -9,6 +9,7 @@ from targets_support import eager
 
 from exporters import TARGETS, ExportError
 from exporters.build import ExportOptions, check_target, export
+from exporters.precision import PrecisionPlan
 from exporters.target_options import export_options, target_option_types
 
 TOY_TARGET = '''
@@ -16,7 +17,9 @@ import shutil
 from dataclasses import dataclass
 from typing import ClassVar
 
-from exporters.build import SourceRequest, Target, flag
+from exporters import flag
+from exporters.build import SourceRequest, Target
+from exporters.precision import PrecisionPlan
 from exporters.manifest import file_checksum
 
 
@@ -42,7 +45,7 @@ TARGET = Target(
     name="toy",
     precisions=("fp32",),
     build=build,
-    source=lambda options: SourceRequest("onnx", "fp32", validate=True),
+    source=lambda options: SourceRequest("onnx", PrecisionPlan(), validate=True),
     option_types=(ToyOptions,),
 )
 '''
@@ -70,4 +73,4 @@ def test_a_new_target_is_one_module_plus_one_line(toy, tmp_path):
     with pytest.raises(ExportError, match="--toy-level is a Toy option; use it with --target toy"):
         export_options("onnx", values)
     with pytest.raises(ExportError, match="--precision fp16 is not available for --target toy"):
-        check_target("toy", ExportOptions(precision="fp16"))
+        check_target("toy", ExportOptions(precision=PrecisionPlan.uniform("fp16")))

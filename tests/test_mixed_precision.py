@@ -32,41 +32,7 @@ needs_openvino = pytest.mark.skipif(
 
 
 # -- the spec --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "text, encoder, decoder, canonical",
-    [
-        ("int8", "int8", "int8", "int8"),
-        ("encoder=fp32,decoder=int8", "fp32", "int8", "encoder=fp32,decoder=int8"),
-        ("decoder=int8+encoder=fp32", "fp32", "int8", "encoder=fp32,decoder=int8"),
-        ("decoder=bf16", "fp32", "bf16", "encoder=fp32,decoder=bf16"),
-        ("encoder=fp16, decoder=fp16", "fp16", "fp16", "fp16"),
-    ],
-)
-def test_precision_spec_parses_to_parts_and_a_canonical_string(text, encoder, decoder, canonical):
-    plan = PrecisionPlan.parse(text)
-    assert (plan.encoder, plan.decoder, str(plan)) == (encoder, decoder, canonical)
-    assert plan.for_graph("quantizer") == "fp32"  # the lookup, in every build
-    assert plan.for_graph("tokenize") == encoder and plan.for_graph("detokenize") == decoder
-    assert PrecisionPlan.parse(str(plan)) == plan
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("decoder=fp8", "precision 'fp8' for the decoder is unknown"),
-        ("quantizer=int8", "the quantizer (the codebook lookup) is fp32 in every build"),
-        ("gripper=int8", "unknown part 'gripper'"),
-        ("encoder=int8,encoder=fp32", "the encoder is given twice"),
-        ("encoder", "'encoder' is unknown"),
-        ("encoder=", "is not PART=PRECISION"),
-    ],
-)
-def test_bad_precision_specs_are_one_line(text, message):
-    with pytest.raises(ExportError, match=None) as caught:
-        PrecisionPlan.parse(text)
-    assert message in str(caught.value) and "\n" not in str(caught.value)
-
-
+# (the spec's parsing and refusals: tests/test_precision_plan.py)
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -84,10 +50,10 @@ def test_cli_refuses_bad_per_graph_precision_in_one_line(tmp_path, args, message
 
 def test_a_precision_a_target_does_not_declare_is_refused_before_any_work():
     with pytest.raises(ExportError, match=r"bf16 \(the encoder\) is not available for --target onnx"):
-        check_target("onnx", ExportOptions(precision="encoder=bf16"))
+        check_target("onnx", ExportOptions(precision=PrecisionPlan.parse("encoder=bf16")))
     from exporters.triton import TritonOptions
 
-    triton = ExportOptions(precision="decoder=bf16", target_options=(TritonOptions(),))
+    triton = ExportOptions(precision=PrecisionPlan.parse("decoder=bf16"), target_options=(TritonOptions(),))
     with pytest.raises(ExportError, match=r"bf16 \(the decoder\) is not available for --target triton"):
         check_target("triton", triton)
 
@@ -155,9 +121,8 @@ def test_mixed_validation_judges_each_graph_at_its_own_precision():
 @pytest.mark.parametrize("precision", ["encoder=fp16,decoder=fp32", "encoder=fp32,decoder=fp16"])
 def test_fp16_parts_keep_the_lookup_and_the_codebook_gather_fp32(precision, tmp_path):
     pytest.importorskip("onnxconverter_common")
-    out = tmp_path / "fp16"
-    convert(eager(MODEL), fp32_onnx(MODEL), out, "onnx", ExportOptions(precision=precision, validate=False, progress=False))
-    plan = PrecisionPlan.parse(precision)
+    out, plan = tmp_path / "fp16", PrecisionPlan.parse(precision)
+    convert(eager(MODEL), fp32_onnx(MODEL), out, "onnx", ExportOptions(precision=plan, validate=False, progress=False))
     for name in ("tokenize", "detokenize"):
         proto = onnx.load(str(out / f"{name}.onnx"))
         types = {tensor.name: tensor.data_type for tensor in proto.graph.initializer}
@@ -193,8 +158,8 @@ def test_tensorrt_builds_each_engine_at_its_graphs_precision_from_the_right_sour
     import exporters.tensorrt as tensorrt_target
     from exporters.build import SourceArtifact, _build
 
-    options = ExportOptions(precision="encoder=fp16,decoder=int8", validate=False, progress=False)
-    assert tensorrt_target._source(options).precision == MIXED  # fp16 from fp32 graphs, int8 from QDQ graphs
+    options = ExportOptions(precision=PrecisionPlan.parse("encoder=fp16,decoder=int8"), validate=False, progress=False)
+    assert str(tensorrt_target._source(options).precision) == MIXED  # fp16 from fp32 graphs, int8 from QDQ graphs
     plans = {}
 
     def fake_build_engine(trt, onnx_path, engine_path, plan):
@@ -244,7 +209,10 @@ def bf16_openvino(tmp_path_factory):
         pytest.skip("openvino is not installed (pip install 'gsq-deploy[openvino]')")
     out = tmp_path_factory.mktemp("ov") / "bf16"
     options = ExportOptions(
-        precision="bf16", graphs=("tokenize", "detokenize"), calib_images=FLEXGEN / f"{MODEL}_images", progress=False
+        precision=PrecisionPlan.uniform("bf16"),
+        graphs=("tokenize", "detokenize"),
+        calib_images=FLEXGEN / f"{MODEL}_images",
+        progress=False,
     )
     export(eager(MODEL), out, "openvino", options)
     return out
@@ -284,7 +252,8 @@ def test_bf16_encoder_is_validated_through_the_runtime_encode_with_agreement_and
 @needs_openvino
 def test_mixed_openvino_fuses_an_fp32_tokenize_and_compiles_the_decoder_in_bf16(tmp_path):
     out = tmp_path / "ov-mixed"
-    options = ExportOptions(precision="decoder=bf16", calib_images=FLEXGEN / f"{MODEL}_images", progress=False)
+    plan = PrecisionPlan.parse("decoder=bf16")
+    options = ExportOptions(precision=plan, calib_images=FLEXGEN / f"{MODEL}_images", progress=False)
     manifest = convert(eager(MODEL), fp32_onnx(MODEL), out, "openvino", options)
     assert manifest["validation"]["passed"] and "split" not in manifest["openvino"]
     runtime = load_runtime("openvino", out, threads=1)
@@ -317,17 +286,19 @@ def test_openvino_runtime_refuses_a_manifest_that_rounds_the_lookup(bf16_openvin
 
 @needs_openvino
 def test_openvino_export_refuses_to_compile_a_fused_lookup_in_bf16(tmp_path):
-    options = ExportOptions(precision="encoder=bf16", validate=False, progress=False)
+    options = ExportOptions(precision=PrecisionPlan.parse("encoder=bf16"), validate=False, progress=False)
     with pytest.raises(ExportError, match="tokenize graph holds the codebook lookup"):
         convert(eager(MODEL), fp32_onnx(MODEL), tmp_path / "x", "openvino", options)  # a source with tokenize
 
 
-def test_export_options_carry_one_spec_and_reject_unknown_overrides():
+def test_export_options_carry_one_plan_and_reject_strings_and_unknown_overrides():
     options = ExportOptions(precision=PrecisionPlan("fp32", "int8"))
-    assert options.precision == MIXED and options.precisions == {"fp32", "int8"}
+    assert str(options.precision) == MIXED and options.precisions == {"fp32", "int8"}
     assert replace(options, graphs=("tokenize",)).precisions == {"fp32"}
-    with pytest.raises(ExportError, match="unknown part"):
-        ExportOptions(precision="vocoder=int8")
+    with pytest.raises(TypeError, match=r"precision must be a PrecisionPlan \(PrecisionPlan.parse\(text\)\), not 'int8'"):
+        ExportOptions(precision="int8")  # parsed where the user gave it, never here
+    with pytest.raises(ExportError, match=r"tolerance overrides \['max_score_gap'\]: only min_token_agreement, "):
+        ExportOptions(precision=PrecisionPlan.uniform("int8"), tolerance_overrides={"max_score_gap": 1.0})
 
 
 # -- IBQ: the other family, the same per-graph precision ---------------------------------------------
@@ -338,8 +309,8 @@ def test_ibq_mixed_build_tokenizes_like_fp32_with_an_int8_decoder(tmp_path):
 
     model = load_tokenizer(IBQ_MODEL.with_suffix(".ckpt"))
     options = ExportOptions(
-        precision="decoder=int8", graphs=("tokenize", "detokenize"), calib_images=IBQ / "ibq_tiny_f4_k1024_images",
-        progress=False,
+        precision=PrecisionPlan.parse("decoder=int8"), graphs=("tokenize", "detokenize"),
+        calib_images=IBQ / "ibq_tiny_f4_k1024_images", progress=False,
     )  # fmt: skip
     manifest = export(model, tmp_path / "ibq", "onnx", options)
     assert manifest["validation"]["passed"] and manifest["family"] == "ibq"

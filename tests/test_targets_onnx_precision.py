@@ -17,11 +17,13 @@ from exporters import ExportError
 from exporters.build import ExportOptions, convert
 from exporters.graphs import ShapePlan, graph_specs
 from exporters.onnx_precision import lookup_node_names
+from exporters.precision import PrecisionPlan
 from exporters.validation import validate_graphs
 from gsq_core.fidelity import score_gaps
 from runtimes.onnx import OnnxRuntime
 
 MODEL = "gsq_f8_magvit"
+FP16_PLAN = PrecisionPlan.uniform("fp16")
 
 
 def _initializer_types(proto: onnx.ModelProto) -> dict[str, int]:
@@ -132,9 +134,9 @@ def test_thresholds_warn_for_reduced_precision_and_fail_for_fp32():
 
     runtime = SimpleNamespace(run_graph=lambda name, value: flipped)
     specs = [graph_specs(model, ShapePlan.dynamic())["tokenize"]]
-    strict = validate_graphs(model, specs, runtime, [images], "fp32")
+    strict = validate_graphs(model, specs, runtime, [images], PrecisionPlan())
     assert not strict["passed"] and "not an optimal choice" in strict["failures"][0]
-    report = validate_graphs(model, specs, runtime, [images], "fp16", tolerance_overrides={"min_token_agreement": 1.0})
+    report = validate_graphs(model, specs, runtime, [images], FP16_PLAN, tolerance_overrides={"min_token_agreement": 1.0})
     assert report["passed"] and not report["failures"]
     assert len(report["warnings"]) == 1 and "token agreement" in report["warnings"][0]
     result = report["graphs"]["tokenize"]
@@ -149,7 +151,7 @@ def test_the_lookup_graph_is_held_to_fp32_in_every_precision():
     flipped[0, 0, 0, 0] = (flipped[0, 0, 0, 0] + 1) % model.num_embed  # one token off the optimum
     runtime = SimpleNamespace(run_graph=lambda name, value: flipped)
     specs = graph_specs(model, ShapePlan.dynamic())
-    report = validate_graphs(model, [specs["quantizer"], specs["tokenize"]], runtime, [vectors["input_64x64"]], "fp16")
+    report = validate_graphs(model, [specs["quantizer"], specs["tokenize"]], runtime, [vectors["input_64x64"]], FP16_PLAN)
     assert not report["passed"]  # the quantizer graph is the fp32 lookup alone: a non-optimal code fails it
     assert len(report["failures"]) == 1 and report["failures"][0].startswith("quantizer: a token is not an optimal")
     assert report["graphs"]["tokenize"]["passed"]  # the same codes from the fp16 tokenize graph: rounding
@@ -159,7 +161,7 @@ def test_the_lookup_graph_is_held_to_fp32_in_every_precision():
 
 def test_convert_refuses_a_non_fp32_source(tmp_path):
     with pytest.raises(ExportError, match="converts a onnx fp32 artifact, found onnx int8"):
-        convert(eager(MODEL), reduced_onnx(MODEL, "int8"), tmp_path / "x", "onnx", ExportOptions(precision="int8"))
+        convert(eager(MODEL), reduced_onnx(MODEL, "int8"), tmp_path / "x", "onnx", ExportOptions(precision=PrecisionPlan.uniform("int8")))
     assert not (tmp_path / "x").exists()
 
 

@@ -18,6 +18,7 @@ from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_ve
 from targets_support import assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
 
 from exporters.build import ExportOptions, convert
+from exporters.precision import PrecisionPlan
 from gsq_core.fidelity import score_gaps
 from runtimes import load_runtime
 from runtimes.artifacts import ArtifactError
@@ -35,7 +36,7 @@ def openvino_dir(name: str, precision: str, root: Path) -> Path:
     source = fp32_onnx(name) if precision == "fp32" else reduced_onnx(name, precision)
     out = root / f"{name}-ov-{precision}"
     options = ExportOptions(
-        precision=precision, validate=precision != "fp32", calib_images=FLEXGEN / f"{name}_images", progress=False
+        precision=PrecisionPlan.parse(precision), validate=precision != "fp32", calib_images=FLEXGEN / f"{name}_images", progress=False
     )
     convert(eager(name), source, out, "openvino", options)
     return out

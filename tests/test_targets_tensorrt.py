@@ -162,13 +162,15 @@ def test_trt_runtime_and_gpu_providers_refuse_in_one_line(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engines_pick_optimal_codes_on_the_conformance_vectors(precision, tmp_path):
     from exporters.build import ExportOptions, convert
+    from exporters.precision import PrecisionPlan
     from exporters.tensorrt import TensorRTOptions
 
     name = CONFORMANCE_MODELS[0]
     out = tmp_path / f"trt-{precision}"
     profile = TensorRTOptions(min_shape="1x64x64", opt_shape="3x64x64", max_shape="4x128x128")
     options = ExportOptions(
-        precision=precision, calib_images=FLEXGEN / f"{name}_images", progress=False, target_options=(profile,)
+        precision=PrecisionPlan.parse(precision), calib_images=FLEXGEN / f"{name}_images", progress=False,
+        target_options=(profile,),
     )
     manifest = convert(eager(name), fp32_onnx(name), out, "trt", options)
     assert (

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import FLEXGEN, expected_vectors
 
+from exporters import ExportError
 from exporters.graphs import ShapePlan, graph_specs
 from exporters.precision import PrecisionPlan
 from exporters.validation import summary_line, validate_graphs
@@ -67,8 +68,8 @@ class EagerRunner:
 
 
 def validate(model, specs, images, names, fault=None, precision="fp32", tolerances=None):
-    chosen = [specs[name] for name in names]
-    return validate_graphs(model, chosen, EagerRunner(model, fault), [images], precision, tolerance_overrides=tolerances)
+    chosen, plan = [specs[name] for name in names], PrecisionPlan.parse(precision)
+    return validate_graphs(model, chosen, EagerRunner(model, fault), [images], plan, tolerance_overrides=tolerances)
 
 
 def one_token_off(name, codes):
@@ -185,7 +186,8 @@ def test_paths_judge_the_calls_users_make_at_their_parts_precision(model, specs,
     """An OpenVINO bf16 encoder answers encode with two graphs: validation also judges the calls."""
     mixed = "encoder=fp32,decoder=int8"
     runner = EagerRunner(model)
-    report = validate_graphs(model, [specs["encoder"]], runner, [images], mixed, image_names=["a.png"], paths=("encode", "decode"))
+    plan = PrecisionPlan.parse(mixed)
+    report = validate_graphs(model, [specs["encoder"]], runner, [images], plan, image_names=["a.png"], paths=("encode", "decode"))
     assert report["passed"] and report["warnings"] == [] and set(report["paths"]) == {"encode", "decode"}
     assert set(report["graphs"]) == {"encoder"}
     assert (report["paths"]["encode"]["precision"], report["paths"]["decode"]["precision"]) == ("fp32", "int8")
@@ -194,7 +196,7 @@ def test_paths_judge_the_calls_users_make_at_their_parts_precision(model, specs,
     assert decode["psnr_vs_input_drop_db"] == pytest.approx(0.0, abs=1e-9)
     assert decode["eager_psnr_vs_input_db"] == pytest.approx(decode["psnr_vs_input_db"])
     assert decode["tolerances"]["max_input_psnr_drop_db"] == 0.3  # int8's, the decoder's precision
-    assert report["precision"] == mixed and report["precisions"] == PrecisionPlan.parse(mixed).to_manifest()
+    assert report["precision"] == mixed and report["precisions"] == plan.to_manifest()
     assert report["images"] == {"names": ["a.png"], "batches": [list(images.shape)]}
     assert report["tolerance_overrides"] == {}
     assert summary_line(report, 1) == (
@@ -208,7 +210,8 @@ def test_a_bad_path_warns_or_fails_by_its_parts_precision(model, specs, images):
         return noisy_images(name, output) if name == "decode" else one_token_off(name, output)
 
     runner, overrides = EagerRunner(model, fault), {"max_input_psnr_drop_db": 0.1}
-    report = validate_graphs(model, [], runner, [images], "encoder=fp32,decoder=int8", None, overrides, ("encode", "decode"))
+    plan = PrecisionPlan("fp32", "int8")
+    report = validate_graphs(model, [], runner, [images], plan, None, overrides, ("encode", "decode"))
     assert not report["passed"] and report["failures"] == [
         f for f in report["failures"] if f.startswith("encode: a token is not an optimal choice")
     ]
@@ -233,11 +236,39 @@ def test_warnings_of_every_graph_are_kept(model, specs, images):
 
 
 def test_unknown_overrides_and_silent_errors_are_named(model, specs, images):
-    with pytest.raises(ValueError, match=r"tolerance overrides \['max_score_gap'\]: only min_token_agreement, "):
-        validate(model, specs, images, ["encoder"], precision="fp16", tolerances={"max_score_gap": 1.0})
+    for precision in ("fp16", "fp32"):  # refused, not ignored, where fp32's fixed tolerances apply too
+        with pytest.raises(ExportError, match=r"tolerance overrides \['max_score_gap'\]: only min_token_agreement, "):
+            validate(model, specs, images, ["encoder"], precision=precision, tolerances={"max_score_gap": 1.0})
 
     def silent(name, output):
         raise MemoryError()  # no message: the report names the error's type
 
     report = validate(model, specs, images, ["encoder"], silent)
     assert report["failures"] == ["encoder: failed to run on input [1, 3, 64, 64]: MemoryError"]
+
+
+# -- the one tolerance table: its flag fields are gsq-export's threshold flags ------------------------
+@pytest.mark.parametrize(
+    "parameter, value, field",
+    [
+        ("min_token_agreement", 0.9, "min_token_agreement"),
+        ("max_latent_error", 0.5, "max_latent_relative_error"),
+        ("min_recon_psnr", 20.0, "min_recon_psnr_db"),
+        ("max_input_psnr_drop", 1.5, "max_input_psnr_drop_db"),
+    ],
+)
+def test_each_threshold_flag_sets_its_tolerance_on_reduced_graphs_only(parameter, value, field):
+    from exporters.target_options import export_options
+    from exporters.validation import OVERRIDABLE, TOLERANCES, tolerances_for
+
+    assert OVERRIDABLE == ("min_token_agreement", "max_latent_relative_error", "min_recon_psnr_db", "max_input_psnr_drop_db")
+    options = export_options("onnx", {"precision": "decoder=int8", parameter: value})
+    assert options["precision"] == PrecisionPlan("fp32", "int8") and options["tolerance_overrides"] == {field: value}
+    assert getattr(tolerances_for("int8", options["tolerance_overrides"]), field) == value
+    assert tolerances_for("fp32", options["tolerance_overrides"]) == TOLERANCES["fp32"]
+    with pytest.raises(ExportError) as caught:
+        export_options("onnx", {"precision": "fp32", parameter: value})
+    assert str(caught.value) == (
+        "--min-token-agreement / --max-latent-error / --min-recon-psnr / --max-input-psnr-drop set warning thresholds of "
+        "reduced precisions; fp32 is held to fixed tolerances"
+    )
