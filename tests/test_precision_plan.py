@@ -132,7 +132,7 @@ def test_slugs_are_file_names_one_per_plan():
         ("int8", ("fp32",), "int8"),
         ("decoder=bf16", ("fp32", "fp16", "int8"), "bf16 (the decoder)"),
         ("encoder=bf16,decoder=int8", ("fp32", "fp16", "int8"), "bf16 (the encoder)"),
-        ("encoder=int8,decoder=fp16", ("fp32",), "fp16 (the decoder)"),  # the first in PRECISIONS order
+        ("encoder=bf16,decoder=fp16", ("fp32",), "fp16 (the decoder)"),  # the first in PRECISIONS order
         ("encoder=fp16,decoder=int8", ("fp32", "fp16", "int8"), None),
     ],
 )
