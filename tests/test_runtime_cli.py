@@ -278,5 +278,5 @@ def test_graphs_missing_from_the_export_are_named(model_dir):
     runtime = load_runtime("onnx", model_dir)  # tokenize + detokenize only
     with pytest.raises(ArtifactError, match="has no encoder graph"):
         runtime.encode_latent(np.zeros((1, 3, 64, 64), np.float32))
-    assert runtime.info["graphs"] == ["tokenize", "detokenize"]
+    assert runtime.info.graphs == ("tokenize", "detokenize")
 
