@@ -58,11 +58,11 @@ def plan_workers(
     workers: int | None = None,
     threads: int | None = None,
 ) -> WorkerPlan:
-    """The actor pool for this cluster (`runtime`: the backend's runtime class, whose uses_gpu(options)
+    """The actor pool for this cluster (`runtime`: the backend's runtime class, whose runs_on_gpu(options)
     decides GPU or CPU actors); InputError when the cluster cannot host it."""
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers} must be >= 1")
-    if runtime.uses_gpu(options):
+    if runtime.runs_on_gpu(options):
         total_gpus = int(sum(node.gpus for node in nodes))
         if total_gpus == 0:
             raise InputError(

@@ -26,7 +26,7 @@ class TokenizerRuntime(ABC):
     Each backend class declares what it needs, so that callers (gsq-tokenize's worker plan, the
     benchmarks) never ask which backend they hold: `options`, the keyword options its constructor
     takes; `torch_threads`, whether its CPU threads are torch's intra-op threads of the process
-    (set by the caller) rather than a `threads` option; `uses_gpu(options)`, whether it runs on a GPU
+    (set by the caller) rather than a `threads` option; `runs_on_gpu(options)`, whether it runs on a GPU
     with these options; `describe(model, **options)`, the ModelInfo of a model without running it.
     """
 
@@ -36,7 +36,7 @@ class TokenizerRuntime(ABC):
 
     @classmethod
     @abstractmethod
-    def uses_gpu(cls, options: Mapping[str, Any]) -> bool:
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
         """Whether this backend with these options runs on a GPU (and so needs one per worker)."""
 
     @classmethod
@@ -54,7 +54,7 @@ class TokenizerRuntime(ABC):
         cluster's driver say, may have no GPU; a CPU one is opened here, so a bad option or model
         fails now rather than in a worker."""
         cls.check_options(options)
-        if cls.uses_gpu(options):
+        if cls.runs_on_gpu(options):
             return cls.describe_files(model, options)
         runtime = cls(model, **options)
         try:

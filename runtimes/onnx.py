@@ -73,7 +73,7 @@ class OnnxRuntime(ArtifactRuntime):
     options: ClassVar[tuple[str, ...]] = ("provider", "threads", "session_config", "graph_optimization", "memory")
 
     @classmethod
-    def uses_gpu(cls, options: Mapping[str, Any]) -> bool:
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
         return str(options.get("provider") or "cpu").lower() in GPU_PROVIDERS
 
     @classmethod

@@ -86,7 +86,7 @@ class OpenVinoRuntime(ArtifactRuntime):
     options: ClassVar[tuple[str, ...]] = ("device", "threads", "inference_precision", "config")
 
     @classmethod
-    def uses_gpu(cls, options: Mapping[str, Any]) -> bool:
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
         return cls.device_name(options, None).upper().startswith("GPU")
 
     @classmethod

@@ -30,7 +30,7 @@ class TorchRuntime(TokenizerRuntime):
     torch_threads = True  # its CPU threads are the process's torch intra-op threads
 
     @classmethod
-    def uses_gpu(cls, options: Mapping[str, Any]) -> bool:
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
         return str(options.get("device") or "cpu").lower().startswith("cuda")
 
     @classmethod

@@ -120,7 +120,7 @@ class TrtRuntime(ArtifactRuntime):
     options: ClassVar[tuple[str, ...]] = ("device",)
 
     @classmethod
-    def uses_gpu(cls, options: Mapping[str, Any]) -> bool:
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
         return True  # engines run on a CUDA GPU only
 
     @classmethod

@@ -123,3 +123,16 @@ def test_the_checks_see_a_planted_import(tmp_path):
     planted = folder_imports(tmp_path)
     assert ("runtimes", "gsq_dataset", "runtimes/cli.py:2") in planted
     assert cycle(planted) in (["gsq_dataset", "runtimes", "gsq_dataset"], ["runtimes", "gsq_dataset", "runtimes"])
+
+
+def test_backend_knowledge_stays_in_runtimes():
+    """Issue 20's acceptance: gsq_dataset/ and benchmarks/ neither decide GPU use by backend name nor
+    read runtime constructors' signatures; they ask the runtimes' declarations."""
+    found = [
+        f"{path.relative_to(REPO)}:{number}"
+        for folder in ("gsq_dataset", "benchmarks")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "uses_gpu" in line or "inspect.signature" in line
+    ]
+    assert not found, f"backend knowledge outside runtimes/ at {', '.join(found)}"

@@ -63,7 +63,7 @@ class RecordingRuntime(ArtifactRuntime):
     backend = "recording"
 
     @classmethod
-    def uses_gpu(cls, options) -> bool:
+    def runs_on_gpu(cls, options) -> bool:
         return False
 
     def __init__(self, artifact: Artifact):

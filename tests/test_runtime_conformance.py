@@ -146,7 +146,7 @@ def test_info_is_a_frozen_model_info_with_the_models_facts(backend, runtime, mod
     # described without this runtime: the same facts (a CPU configuration is opened and closed, a
     # GPU one read from the files, without its engine's settings)
     described = describe(name, path)
-    assert described == (replace(info, settings={}) if runtime.uses_gpu({}) else info)
+    assert described == (replace(info, settings={}) if runtime.runs_on_gpu({}) else info)
 
 
 # Options that ask each backend for a GPU (the driver of a cluster may have none)
@@ -157,7 +157,7 @@ def test_a_gpu_configuration_is_described_from_the_files_without_a_gpu(backend, 
     """describe() with GPU options never opens the runtime (which, here, could refuse: no CUDA)."""
     name, path = backend
     options = GPU_OPTIONS[name]
-    assert type(runtime).uses_gpu(options) and (name == "trt" or not type(runtime).uses_gpu({}))
+    assert type(runtime).runs_on_gpu(options) and (name == "trt" or not type(runtime).runs_on_gpu({}))
 
     def no_opening(*args, **kwargs):
         raise AssertionError("describe opened the runtime for a GPU configuration")

@@ -190,7 +190,7 @@ class DeclaredRuntime:
     def __init__(self, gpu: bool):
         self.gpu = gpu
 
-    def uses_gpu(self, options) -> bool:
+    def runs_on_gpu(self, options) -> bool:
         return self.gpu
 
 
@@ -208,7 +208,7 @@ def test_the_plan_follows_the_runtimes_gpu_declaration():
         ("onnx", {"provider": "cpu"}, False), ("openvino", {"device": "GPU.1"}, True), ("openvino", {}, False),
         ("trt", {}, True),
     ]:  # fmt: skip
-        assert runtime_class(backend).uses_gpu(options) is on_gpu, (backend, options)
+        assert runtime_class(backend).runs_on_gpu(options) is on_gpu, (backend, options)
         plan = plan_workers(runtime_class(backend), options, nodes)
         assert plan.gpus_per_worker == (1.0 if on_gpu else 0.0), (backend, options)
 
