@@ -52,17 +52,17 @@ def batch_of(items: list[np.ndarray], size: int) -> np.ndarray:
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Load the runtime, run the fidelity pass and the timings; save outputs; report.
 
-    torch is imported only by the torch backend: the other backends' peak RSS is their own, not
+    torch is imported only by the torch backend (the runtime that declares torch_threads): the other backends' peak RSS is their own, not
     torch's (~200 MB), and the report says whether torch was loaded.
     """
     from gsq_core.images import read_image
     from runtimes import load_runtime
 
-    if job["backend"] == "torch":
+    runtime = load_runtime(job["backend"], job["model"], **job.get("options", {}))
+    if runtime.torch_threads:  # its threads are torch's of this process (runtimes' declaration)
         import torch
 
         torch.set_num_threads(job["threads"])
-    runtime = load_runtime(job["backend"], job["model"], **job.get("options", {}))
     images = [read_image(path).pixels[None] for path in job["images"]]  # [1, 3, H, W] each
 
     outputs: dict[str, np.ndarray] = {}
@@ -102,7 +102,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     runtime.close()
     return {
         "status": "ok",
-        "info": {key: value for key, value in info.items() if isinstance(value, str | int | float | bool | list)},
+        "info": info.to_dict(),
         "has_latent": has_latent,
         "timing_image_size": list(timed[0].shape[2:]),
         "timing_images": len(timed),

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from exporters.precision import PrecisionPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# report.json's layout: 2 added schema_version itself and writes each renamed result field under
+# its old name too (DEPRECATED_FIELDS, old -> new name); the old names go in version 3.
+SCHEMA_VERSION = 2
+DEPRECATED_FIELDS = {
+    "disagreement_max_margin": "max_disagreement_margin",
+    "recon_psnr_vs_eager_db": "recon_psnr_db",
+}
 REFERENCE = ("torch", "fp32")  # backend and precision (the report's spec) of the eager reference
 FAITHFUL_SCORE_GAP = 1e-5  # tokenize: every token within this float64 score gap of the best code
 FAITHFUL_PSNR_DROP_DB = 0.3  # detokenize: PSNR against the input at most this far below eager's
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="checkpoint path or name (the eager reference)")
     add_checkpoint_arguments(parser)  # --config FILE, --no-ema (IBQ Lightning checkpoints)
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or directories")
-    parser.add_argument("--backends", type=comma_list, default=["torch", "onnx"], help="e.g. torch,onnx,openvino,trt")
+    parser.add_argument(
+        "--backends", type=comma_list, default=["torch", "onnx"], help="of torch,onnx,openvino,trt (runtimes.BACKENDS)"
+    )
     parser.add_argument(
         "--precisions",
         type=precision_list,
@@ -111,10 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- artifacts ------------------------------------------------------------------------------------
 def artifact_for(backend: str, precision: PrecisionPlan, args: argparse.Namespace, model: Any) -> Path:
     """The checkpoint (torch) or artifact directory a runtime opens; exports it when needed."""
-    from runtimes import BACKENDS
-
-    if backend not in BACKENDS:
-        raise Unavailable(f"no runtime named {backend!r} in this install (runtimes: {', '.join(BACKENDS)})")
     if backend == "torch":
         if precision.single != "fp32":
             raise Unavailable("the torch runtime is the fp32 eager reference; it has no reduced precisions")
@@ -171,17 +176,12 @@ def _export(backend: str, precision: PrecisionPlan, model: Any, out_dir: Path, a
 
 
 def runtime_options(backend: str, threads: int) -> dict[str, Any]:
-    """Constructor options of one runtime, as that runtime declares them: the thread count goes to
-    the runtimes whose constructor takes `threads` (onnx, openvino); TensorRT takes a device and
-    runs on its default one; the torch reference's threads are set in its worker."""
-    import importlib
-    import inspect
+    """Options of one runtime, as that runtime declares them (runtimes.runtime_class(...).options):
+    the thread count goes to the runtimes that take a `threads` option (onnx, openvino); TensorRT
+    takes a device and runs on its default one; torch's threads are its process's, set in its worker."""
+    from runtimes import runtime_class
 
-    from runtimes import BACKENDS
-
-    module_name, class_name = BACKENDS[backend].split(":")
-    parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters
-    return {"threads": threads} if "threads" in parameters else {}
+    return {"threads": threads} if "threads" in runtime_class(backend).options else {}
 
 
 def reference_loading(backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -236,10 +236,10 @@ def result_record(
     best_decode = max(t["decode_img_s"] for t in worker["throughput"].values())
     encode_p50, decode_p50 = worker["encode_ms"]["median_ms"], worker["decode_ms"]["median_ms"]
     flops, peak = extra["flops"], extra["matmul_gflops"] * 1e9
-    return {
+    record = {
         "backend": backend,
         "precision": str(precision),
-        "device": str(worker["info"].get("device", "cpu")),
+        "device": str(worker["info"]["device"]),
         **quality,
         "encode_ms_p50": encode_p50,
         "encode_ms_p95": worker["encode_ms"]["p95_ms"],
@@ -260,6 +260,10 @@ def result_record(
         "timing_spread_pct": {"encode": worker["encode_ms"]["spread_pct"], "decode": worker["decode_ms"]["spread_pct"]},
         "runtime_info": worker["info"],
     }
+    for old, new in DEPRECATED_FIELDS.items():  # the old names, for one schema version
+        if new in record:
+            record[old] = record[new]
+    return record
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -345,6 +349,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = model.config
     return {
         "benchmark": "backend comparison",
+        "schema_version": SCHEMA_VERSION,
+        "deprecated_fields": {
+            old: f"renamed {new}; also written under the old name in schema_version {SCHEMA_VERSION}, removed in "
+            f"{SCHEMA_VERSION + 1}"
+            for old, new in DEPRECATED_FIELDS.items()
+        },
         "model": {
             "checkpoint": str(args.ckpt),
             "checkpoint_path": str(args.ckpt_path),
@@ -430,6 +440,14 @@ def fastest_faithful_path(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from runtimes import check_backend
+
+    try:  # a backend name that does not exist is refused before any work
+        for backend in args.backends:
+            check_backend(backend, "--backends")
+    except GSQError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     problem = missing_package("benchmarks/compare.py", ("torch", "bench"), ("skimage", "bench"))
     if problem:  # the eager reference runs in torch; SSIM comes from scikit-image
         print(problem, file=sys.stderr)

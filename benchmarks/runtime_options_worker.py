@@ -42,17 +42,18 @@ def timed(function: Any, value: np.ndarray, samples: list[float], cpu: list[floa
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Open the runtime, warm both directions up, then time `rounds` passes over the images."""
     from gsq_core.images import read_image
-    from runtimes import load_runtime
+    from runtimes import load_runtime, runtime_class
 
     if job["mode"] not in MODES:
         raise ValueError(f"unknown mode {job['mode']!r}; choose from {', '.join(MODES)}")
-    if job["backend"] == "torch":  # the eager reference: torch's own thread count
+    declared, options = runtime_class(job["backend"]), dict(job.get("options", {}))
+    if declared.torch_threads:  # the eager reference: torch's own thread count
         import torch
 
         torch.set_num_threads(job["threads"])
-        runtime = load_runtime("torch", job["model"], **job.get("options", {}))
-    else:
-        runtime = load_runtime(job["backend"], job["model"], threads=job["threads"], **job.get("options", {}))
+    elif "threads" in declared.options:
+        options["threads"] = job["threads"]
+    runtime = load_runtime(job["backend"], job["model"], **options)
     pixels = [read_image(path).pixels[None] for path in job["images"]]
     batch = job.get("batch", 1)  # inputs of `batch` images each, cycling through the images
     images = [
@@ -94,7 +95,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "decode_cpu_ms": summarize_ms(decode_cpu) if decode_cpu else no_decode,
         "calls": len(encode),
         "peak_rss_mb": peak_rss_mb(),
-        "info": {key: value for key, value in info.items() if isinstance(value, str | int | float | bool | dict)},
+        "info": info.to_dict(),
     }
 
 

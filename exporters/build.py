@@ -368,7 +368,9 @@ def validate_staged(
     finally:
         runtime.close()
     report["images"]["source"] = str(options.calib_images) if options.calib_images else "scikit-image samples"
-    report["runtime"] = {key: info[key] for key in ("backend", "device", "providers", "inference_precision", "tensorrt") if key in info}
+    settings = info.to_dict()["settings"]  # the runtime's own settings that decide numerics
+    report["runtime"] = {"backend": info.backend, "device": info.device}
+    report["runtime"] |= {key: settings[key] for key in ("providers", "inference_precision", "tensorrt") if key in settings}
     log.done(summary_line(report, sum(len(batch) for batch in batches)))
     return report
 

@@ -23,6 +23,7 @@ import click
 from gsq_core.console import run_command
 from gsq_core.errors import GSQError, InputError
 from gsq_core.extras import missing_package_message
+from runtimes import backend_choice, runtime_class
 
 PROG = "gsq-tokenize"
 
@@ -43,7 +44,7 @@ PROG = "gsq-tokenize"
     help="A folder (images, .tar shards or .parquet files), files, or globs / {000..099} ranges; repeatable.",
 )
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the token shards.")
-@click.option("--backend", default="torch", show_default=True, help="torch, onnx, openvino or trt.")
+@click.option("--backend", type=backend_choice(), default="torch", show_default=True, help="The runtime that tokenizes.")
 @click.option("--size", default="256", show_default=True, help="S: the ADM centre crop to SxS; 'native': images as they are.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per tokenizer call.")
 @click.option("--workers", type=int, default=None, help="Tokenizer actors [default: two per CPU node, or one per GPU].")
@@ -89,11 +90,7 @@ def main_command(ctx: click.Context, **options: Any) -> None:
 
 def backend_options(backend: str, arguments: list[str]) -> dict[str, Any]:
     """Parse the arguments gsq-tokenize does not know with the backend's own CLI options."""
-    from runtimes import BACKENDS
-
-    if backend not in BACKENDS:
-        raise InputError(f"--backend {backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[backend].split(":")[0])
+    module = importlib.import_module(runtime_class(backend).__module__)
     parser = click.Command(f"--backend {backend}", callback=lambda **kwargs: kwargs)
     for option in module.cli_options():
         parser = option(parser)

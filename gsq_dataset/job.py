@@ -3,7 +3,6 @@ Ray Data, commit the shards, and record the run in the manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -18,7 +17,7 @@ from gsq_core.errors import GSQError, InputError
 from . import preprocess
 from .inputs import InputSet, find_inputs
 from .output import MANIFEST_FORMAT, MANIFEST_VERSION, CommitResult, OutputError, OutputFolder
-from .resources import WorkerPlan, plan_workers, runtime_options, uses_gpu
+from .resources import WorkerPlan, plan_workers, runtime_options
 
 ROWS_PER_SHARD = 4096
 
@@ -71,65 +70,20 @@ class RunSummary:
 
 
 # -- the model ---------------------------------------------------------------------------------------
+MODEL_FACTS = (
+    "backend", "model", "model_sha256", "precision", "num_embed", "num_group", "downsample_factor", "token_layout",
+    "fixed_image_size",
+)  # fmt: skip
+
+
 def model_facts(backend: str, model: str, options: dict[str, Any]) -> dict[str, Any]:
-    """V, G, downsampling factor, layout, precision and a checksum of the model, read on the driver.
+    """V, G, downsampling factor, layout, precision and a checksum of the model, read on the driver
+    by the runtimes (runtimes.describe: opened here on a CPU, so that a bad option or model fails
+    before Ray starts; read from its files for a GPU, which the driver may not have)."""
+    from runtimes import describe
 
-    Backends that run on the CPU are opened here once, so that a bad option or model fails before
-    Ray starts; GPU backends are checked from their files (the driver may have no GPU)."""
-    from runtimes import BACKENDS, load_runtime
-
-    if backend not in BACKENDS:
-        raise InputError(f"--backend {backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        from gsq_core.api import resolve_checkpoint
-        from runtimes.artifacts import file_sha256
-
-        checkpoint = resolve_checkpoint(model)
-        digest = hashlib.sha256(file_sha256(checkpoint).encode())
-        if options.get("config"):  # an IBQ Lightning checkpoint's YAML decides the architecture too
-            digest.update(file_sha256(Path(options["config"])).encode())
-        digest.update(b"ema" if options.get("ema", True) else b"raw")
-        checksum = digest.hexdigest()
-        fixed_size = None
-        if uses_gpu(backend, options):
-            from gsq_core.api import load_tokenizer
-
-            tokenizer = load_tokenizer(checkpoint, config=options.get("config"), ema=options.get("ema", True))
-            info = {
-                "precision": "fp32",
-                "num_embed": tokenizer.num_embed,
-                "num_group": tokenizer.num_group,
-                "downsample_factor": tokenizer.downsample_factor,
-                "token_layout": tokenizer.quantizer.token_layout,
-            }
-        else:
-            runtime = load_runtime(backend, model, **options)
-            info = runtime.info
-            runtime.close()
-    else:
-        from runtimes.base import open_artifact
-
-        artifact = open_artifact(model, backend)
-        checksum = hashlib.sha256(json.dumps(artifact.manifest["files"], sort_keys=True).encode()).hexdigest()
-        fixed_size = artifact.fixed_shape()[1]
-        if uses_gpu(backend, options):
-            info = {key: artifact.manifest[key] for key in ("precision", "num_embed", "num_group", "token_layout")}
-            info["downsample_factor"] = artifact.downsample_factor
-        else:
-            runtime = load_runtime(backend, model, **options)
-            info = runtime.info
-            runtime.close()
-    return {
-        "backend": backend,
-        "model": model,
-        "model_sha256": checksum,
-        "precision": str(info["precision"]),
-        "num_embed": int(info["num_embed"]),
-        "num_group": int(info["num_group"]),
-        "downsample_factor": int(info["downsample_factor"]),
-        "token_layout": str(info["token_layout"]),
-        "fixed_image_size": list(fixed_size) if fixed_size else None,
-    }
+    info = describe(backend, model, **options).to_dict()
+    return {key: info[key] for key in MODEL_FACTS}
 
 
 def check_size(size: int | str, facts: dict[str, Any]) -> None:
@@ -278,8 +232,11 @@ def _run_on_ray(
         from .sources import source_dataset
         from .stages import ProgressCounter, Tokenizer, actor_pool_args, prepare_batch
 
-        plan = plan_workers(config.backend, config.backend_options, nodes, config.workers, config.threads)
-        options, torch_threads = runtime_options(config.backend, config.backend_options, plan)
+        from runtimes import runtime_class
+
+        runtime = runtime_class(config.backend)
+        plan = plan_workers(runtime, config.backend_options, nodes, config.workers, config.threads)
+        options, torch_threads = runtime_options(runtime, config.backend_options, plan)
         _quiet_ray_data()
         dataset, todo = source_dataset(inputs, done, plan.task_cpus)
         if dataset is None:

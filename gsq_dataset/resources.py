@@ -1,5 +1,6 @@
-"""How many tokenizer actors, and what each asks Ray for: the plan is a pure function of the backend,
-its options and the cluster's nodes, so it is tested without a GPU.
+"""How many tokenizer actors, and what each asks Ray for: the plan is a pure function of the runtime's
+declaration (runtimes: whether it runs on a GPU with these options, how its threads are set), its
+options and the cluster's nodes, so it is tested without a GPU.
 
 CPU backends: two actors per node by default (one on a 1-CPU node), sharing the node's cores as
 runtime threads: while one actor takes its next batch or hands back tokens, the other computes
@@ -13,10 +14,14 @@ actor's device is always its device 0) and one CPU to feed it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gsq_core.errors import InputError
+
+if TYPE_CHECKING:
+    from runtimes import TokenizerRuntime
 
 READ_RESERVE_CPUS = 0.5  # per node, kept for the read/decode/write tasks
 TASK_CPUS = 0.25  # Ray CPUs each read/decode/write task asks for
@@ -46,34 +51,22 @@ class WorkerPlan:
         return asdict(self)
 
 
-def uses_gpu(backend: str, options: dict[str, Any]) -> bool:
-    """Whether this backend with these options runs on a GPU (and so needs one per actor)."""
-    if backend == "trt":
-        return True
-    if backend == "torch":
-        return str(options.get("device") or "cpu").lower().startswith("cuda")
-    if backend == "onnx":
-        return str(options.get("provider") or "cpu").lower() in ("cuda", "tensorrt")
-    if backend == "openvino":
-        return str(options.get("device") or "CPU").upper().startswith("GPU")
-    return False
-
-
 def plan_workers(
-    backend: str,
-    options: dict[str, Any],
+    runtime: type[TokenizerRuntime],
+    options: Mapping[str, Any],
     nodes: list[NodeResources],
     workers: int | None = None,
     threads: int | None = None,
 ) -> WorkerPlan:
-    """The actor pool for this cluster; InputError when the cluster cannot host it."""
+    """The actor pool for this cluster (`runtime`: the backend's runtime class, whose runs_on_gpu(options)
+    decides GPU or CPU actors); InputError when the cluster cannot host it."""
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers} must be >= 1")
-    if uses_gpu(backend, options):
+    if runtime.runs_on_gpu(options):
         total_gpus = int(sum(node.gpus for node in nodes))
         if total_gpus == 0:
             raise InputError(
-                f"the {backend} backend with these options runs on a GPU, and the Ray cluster has none "
+                f"the {runtime.backend} backend with these options runs on a GPU, and the Ray cluster has none "
                 "(start GPU nodes, or choose a CPU device)"
             )
         count = workers or total_gpus
@@ -94,11 +87,15 @@ def plan_workers(
     return WorkerPlan(count, round(cpus_per_worker, 2), 0.0, threads, TASK_CPUS)
 
 
-def runtime_options(backend: str, options: dict[str, Any], plan: WorkerPlan) -> tuple[dict[str, Any], int | None]:
-    """(options for load_runtime in each actor, torch intra-op threads) with the plan's threads filled in."""
+def runtime_options(
+    runtime: type[TokenizerRuntime], options: Mapping[str, Any], plan: WorkerPlan
+) -> tuple[dict[str, Any], int | None]:
+    """(options for load_runtime in each actor, torch intra-op threads) with the plan's threads filled
+    in where the runtime declares how it takes them: a `threads` option, or torch's threads of the
+    process (CPU actors only)."""
     options = {key: value for key, value in options.items() if value is not None}
-    if backend == "torch":
+    if runtime.torch_threads:
         return options, plan.threads if plan.gpus_per_worker == 0 else None
-    if backend in ("onnx", "openvino") and plan.threads is not None and "threads" not in options:
-        options["threads"] = plan.threads
+    if "threads" in runtime.options and plan.threads is not None:
+        options.setdefault("threads", plan.threads)
     return options, None

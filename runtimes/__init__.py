@@ -1,16 +1,24 @@
 """Runtimes: run exported tokenizer artifacts behind one interface (see runtimes.base).
 
 Backends are imported lazily by name, so importing this package pulls in neither torch nor any
-inference engine.
+inference engine. This package is the one place that knows the backends: their names
+(`BACKENDS`, `check_backend`, `backend_choice`), what each needs (`runtime_class(name)`'s
+declarations: options, GPU, threads) and what a model is on each (`describe`: a ModelInfo).
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from gsq_core.errors import InputError
 
 from .base import TokenizerRuntime
+from .info import ModelInfo
+
+if TYPE_CHECKING:
+    import click
 
 # backend name -> "module:class"; a new backend is one new module plus one line here.
 BACKENDS: dict[str, str] = {
@@ -22,13 +30,51 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def check_backend(backend: str, option: str = "--backend") -> str:
+    """The backend name, or InputError naming the known ones: the one check of a backend name."""
+    if backend not in BACKENDS:
+        raise InputError(f"{option} {backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def backend_choice() -> click.Choice:
+    """The click type of a --backend option: a Choice of BACKENDS whose refusal is check_backend's
+    InputError, so that every command reports a wrong name in one `error:` line."""
+    import click
+
+    class BackendChoice(click.Choice):
+        def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+            return check_backend(str(value), param.opts[0] if param is not None and param.opts else "--backend")
+
+    return BackendChoice(list(BACKENDS))
+
+
+def runtime_class(backend: str) -> type[TokenizerRuntime]:
+    """The runtime class of a backend (its module imported; no engine is loaded)."""
+    module_name, class_name = BACKENDS[check_backend(backend)].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def load_runtime(backend: str, model: str | Path, **options: Any) -> TokenizerRuntime:
     """Open `model` (a checkpoint for 'torch', an artifact directory otherwise) with a backend."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[backend].split(":")
-    runtime_class = getattr(importlib.import_module(module_name), class_name)
-    return runtime_class(model, **options)
+    runtime = runtime_class(backend)
+    runtime.check_options(options)
+    return runtime(model, **options)
 
 
-__all__ = ["BACKENDS", "TokenizerRuntime", "load_runtime"]
+def describe(backend: str, model: str | Path, **options: Any) -> ModelInfo:
+    """The ModelInfo of `model` on a backend with these options, without running it on a GPU
+    (TokenizerRuntime.describe)."""
+    return runtime_class(backend).describe(model, **options)
+
+
+__all__ = [
+    "BACKENDS",
+    "ModelInfo",
+    "TokenizerRuntime",
+    "backend_choice",
+    "check_backend",
+    "describe",
+    "load_runtime",
+    "runtime_class",
+]

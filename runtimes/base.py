@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from gsq_core.errors import InputError
 from gsq_core.images import check_value_range
 
 from .artifacts import Artifact, ArtifactError, load_artifact
+from .info import ModelInfo, artifact_model_info
 
 
 class TokenizerRuntime(ABC):
@@ -21,9 +22,50 @@ class TokenizerRuntime(ABC):
 
     images: float32 [B, 3, H, W] in [-1, 1] (uint8 / 127.5 - 1), H and W multiples of downsample_factor.
     codes:  int64 [B, h, w, G] ([B, h, w] when token_layout is "BHW", plain VQ).
+
+    Each backend class declares what it needs, so that callers (gsq-tokenize's worker plan, the
+    benchmarks) never ask which backend they hold: `options`, the keyword options its constructor
+    takes; `torch_threads`, whether its CPU threads are torch's intra-op threads of the process
+    (set by the caller) rather than a `threads` option; `runs_on_gpu(options)`, whether it runs on a GPU
+    with these options; `describe(model, **options)`, the ModelInfo of a model without running it.
     """
 
-    backend: str = ""
+    backend: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ()
+    torch_threads: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
+        """Whether this backend with these options runs on a GPU (and so needs one per worker)."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """InputError naming an option this backend does not take."""
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            takes = ", ".join(cls.options) or "none"
+            raise InputError(f"the {cls.backend} backend has no option {unknown[0]!r} (its options: {takes})")
+
+    @classmethod
+    def describe(cls, model: str | Path, **options: Any) -> ModelInfo:
+        """The ModelInfo of `model` with these options. A GPU configuration is described from the
+        model's files (the artifact manifest, the checkpoint's config), since the caller, a
+        cluster's driver say, may have no GPU; a CPU one is opened here, so a bad option or model
+        fails now rather than in a worker."""
+        cls.check_options(options)
+        if cls.runs_on_gpu(options):
+            return cls.describe_files(model, options)
+        runtime = cls(model, **options)
+        try:
+            return runtime.info
+        finally:
+            runtime.close()
+
+    @classmethod
+    @abstractmethod
+    def describe_files(cls, model: str | Path, options: Mapping[str, Any]) -> ModelInfo:
+        """The ModelInfo read from the model's files, without opening a device."""
 
     @abstractmethod
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -44,8 +86,8 @@ class TokenizerRuntime(ABC):
 
     @property
     @abstractmethod
-    def info(self) -> dict[str, Any]:
-        """Facts for reports: backend, precision, device, num_embed, num_group, downsample_factor, token_layout."""
+    def info(self) -> ModelInfo:
+        """What this runtime runs (runtimes.info.ModelInfo): token facts, model checksum, device, settings."""
 
     def close(self) -> None:
         """Release sessions / device memory (optional)."""
@@ -135,24 +177,6 @@ def artifact_work_limit(artifact: Any, height: int, width: int, direction: Direc
     return batch_limit(config, height, width, direction, lookup_bytes_per_token=per_token)
 
 
-def artifact_info(backend: str, artifact: Any) -> dict[str, Any]:
-    """The info fields every artifact-backed runtime reports; backends add their device facts."""
-    manifest = artifact.manifest
-    return {
-        "backend": backend,
-        "precision": manifest["precision"],
-        "num_embed": artifact.num_embed,
-        "num_group": artifact.num_group,
-        "downsample_factor": artifact.downsample_factor,
-        "token_layout": artifact.token_layout,
-        "model_dir": str(artifact.directory),
-        "graphs": list(artifact.graphs),
-        # each graph's precision (gsq-export --precision encoder=...,decoder=...; the lookup is fp32)
-        "graph_precisions": {name: entry.get("precision", manifest["precision"]) for name, entry in artifact.graphs.items()},
-        "validated": manifest.get("validation") is not None,
-    }
-
-
 def open_artifact(model_dir: str | Path, target: str) -> Artifact:
     """load_artifact, refused unless it was exported for `target` and did not fail validation."""
     artifact = load_artifact(model_dir)
@@ -191,6 +215,26 @@ class ArtifactRuntime(TokenizerRuntime):
     graphs are here; a backend runs one graph in run_graph."""
 
     artifact: Artifact
+
+    device_label: str  # the device it runs on, as reports name it (set by the constructor from device_name)
+
+    @classmethod
+    def device_name(cls, options: Mapping[str, Any], artifact: Artifact) -> str:
+        """The device these options run an artifact on, as reports name it."""
+        return "cpu"
+
+    def settings(self) -> dict[str, Any]:
+        """This backend's runtime settings, for ModelInfo.settings."""
+        return {}
+
+    @property
+    def info(self) -> ModelInfo:
+        return artifact_model_info(self.backend, self.artifact, self.device_label, self.settings())
+
+    @classmethod
+    def describe_files(cls, model: str | Path, options: Mapping[str, Any]) -> ModelInfo:
+        artifact = open_artifact(model, cls.backend)
+        return artifact_model_info(cls.backend, artifact, cls.device_name(options, artifact))
 
     @abstractmethod
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from gsq_core.outputs import check_output_file, check_output_files
 
 from . import load_runtime
 from .base import TokenizerRuntime, check_codes
+from .info import ModelInfo
 from .token_file import TokenFile, read_token_file
 
 PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images
@@ -119,7 +120,7 @@ def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> cli
         runtime = load_runtime(backend, model, **backend_kwargs)
         try:
             check_tokens_for_model(token_file, runtime)
-            factor = int(runtime.info["downsample_factor"])
+            factor = runtime.info.downsample_factor
             height, width = token_file.codes_shape[1:3]
             batch_size = min(batch_size, runtime.work_limit(height * factor, width * factor, "decode"))
             decode_to_files(runtime, token_file, targets, batch_size)
@@ -141,7 +142,7 @@ def encode_files(
 ) -> np.ndarray:
     """Check every image's header first (size, decoding and working-memory budgets), then decode
     and encode in batches; int64 codes in input order."""
-    factor = int(runtime.info["downsample_factor"])
+    factor = runtime.info.downsample_factor
     if size is not None and (size[0] % factor or size[1] % factor):
         raise InputError(f"--resize {size[0]}x{size[1]} is not a multiple of the downsampling factor {factor}")
     headers = headers or [inspect_image(path, max_pixels=max_pixels) for path in paths]
@@ -185,15 +186,15 @@ def check_image_headers(headers: list[ImageHeader], factor: int, resize: bool) -
             click.echo(f"note: {note}", err=True)
 
 
-def save_tokens(output: Path, codes: np.ndarray, paths: list[Path], info: dict[str, Any]) -> None:
+def save_tokens(output: Path, codes: np.ndarray, paths: list[Path], info: ModelInfo) -> None:
     """Write codes, paths and the model facts they depend on to a .npz, atomically."""
     arrays = {
         "codes": np.asarray(codes, dtype=np.int64),
         "paths": np.array([str(path) for path in paths]),
-        "num_embed": np.int64(info["num_embed"]),
-        "num_group": np.int64(info["num_group"]),
-        "downsample_factor": np.int64(info["downsample_factor"]),
-        "token_layout": np.array(info["token_layout"]),
+        "num_embed": np.int64(info.num_embed),
+        "num_group": np.int64(info.num_group),
+        "downsample_factor": np.int64(info.downsample_factor),
+        "token_layout": np.array(info.token_layout),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
@@ -211,16 +212,15 @@ def check_tokens_for_model(tokens: TokenFile, runtime: TokenizerRuntime) -> None
     """Refuse, before decoding any, tokens made by a different model or ids / shapes this model cannot decode."""
     info = runtime.info
     for key in ("num_embed", "num_group", "downsample_factor", "token_layout"):
-        if key in tokens.facts and tokens.facts[key] != info[key]:
-            raise InputError(f"tokens were made with {key}={tokens.facts[key]}, this model has {info[key]}")
+        if key in tokens.facts and tokens.facts[key] != getattr(info, key):
+            raise InputError(f"tokens were made with {key}={tokens.facts[key]}, this model has {getattr(info, key)}")
     if tokens.count == 0:
         raise InputError("holds no token grids")
     first = np.zeros((1, *tokens.codes_shape[1:]), np.int64)  # the shape rules, on one grid of zeros
-    check_codes(first, int(info["num_embed"]), int(info["num_group"]), str(info["token_layout"]),
-                int(info.get("min_token_positions", 1)))
+    check_codes(first, info.num_embed, info.num_group, info.token_layout, info.min_token_positions)
     if tokens.id_range is not None:  # the range of every id, from the reading pass
         low, high = tokens.id_range
-        num_embed = int(info["num_embed"])
+        num_embed = info.num_embed
         if low < 0 or high >= num_embed:
             raise InputError(f"token id {low if low < 0 else high} is outside [0, {num_embed}) (codebook size {num_embed})")
 
@@ -247,7 +247,7 @@ def decode_token_folder(
     backend_kwargs: dict[str, Any],
 ) -> None:
     """Decode token grids of a gsq-tokenize output folder to OUTPUT/<id>.png (ids with '/' make subfolders)."""
-    from gsq_dataset.tokens import read_manifest, read_tokens
+    from .token_shards import read_manifest, read_tokens
 
     manifest = read_manifest(folder)
     wanted = [item.strip() for value in ids for item in value.split(",") if item.strip()] or None
@@ -263,12 +263,12 @@ def decode_token_folder(
     runtime = load_runtime(backend, model, **backend_kwargs)
     info, made_with = runtime.info, manifest["tokenizer"]
     for key in ("num_embed", "num_group", "downsample_factor"):
-        if int(made_with[key]) != int(info[key]):
-            raise InputError(f"{folder}: tokens were made with {key}={made_with[key]}, this model has {info[key]}")
+        if int(made_with[key]) != getattr(info, key):
+            raise InputError(f"{folder}: tokens were made with {key}={made_with[key]}, this model has {getattr(info, key)}")
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, sample in enumerate(samples):
         by_shape.setdefault(sample.codes.shape, []).append(index)
-    factor = int(info["downsample_factor"])
+    factor = info.downsample_factor
     with _progress(len(samples), "decode") as bar:
         for indices in by_shape.values():
             height, width = samples[indices[0]].codes.shape[:2]

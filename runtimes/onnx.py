@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from gsq_core.errors import InputError, first_line
 
 from .artifacts import ArtifactError, BackendUnavailableError
-from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
+from .artifacts import Artifact
+from .base import ArtifactRuntime, open_artifact, run_in_chunks
 
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 # The quantizer lookup holds some scratch per looked-up vector (manifest["lookup"]
@@ -68,6 +70,15 @@ class OnnxRuntime(ArtifactRuntime):
     """
 
     backend = "onnx"
+    options: ClassVar[tuple[str, ...]] = ("provider", "threads", "session_config", "graph_optimization", "memory")
+
+    @classmethod
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
+        return str(options.get("provider") or "cpu").lower() in GPU_PROVIDERS
+
+    @classmethod
+    def device_name(cls, options: Mapping[str, Any], artifact: Artifact) -> str:
+        return str(options.get("provider") or "cpu")
 
     def __init__(
         self,
@@ -100,6 +111,7 @@ class OnnxRuntime(ArtifactRuntime):
         if memory not in MEMORY_MODES:
             raise InputError(f"memory mode {memory!r}: choose one of {', '.join(MEMORY_MODES)}")
         self.provider = provider
+        self.device_label = self.device_name({"provider": provider}, self.artifact)
         self.threads = threads
         self.memory = memory if provider == "cpu" else "session"  # the shared arena is a CPU one
         self.session_config = {**SESSION_CONFIG, **{str(k): str(v) for k, v in (session_config or {}).items()}}
@@ -108,11 +120,8 @@ class OnnxRuntime(ArtifactRuntime):
         self._sessions: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
-    @property
-    def info(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {
-            **artifact_info(self.backend, self.artifact),
-            "device": self.provider,
             "providers": self._providers,
             "threads": self.threads,
             "graph_optimization": self.graph_optimization,

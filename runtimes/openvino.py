@@ -20,14 +20,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from gsq_core.errors import InputError, first_line
 
-from .artifacts import LOOKUP_GRAPHS, OPENVINO_HINTS, ArtifactError, BackendUnavailableError
-from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
+from .artifacts import LOOKUP_GRAPHS, OPENVINO_HINTS, Artifact, ArtifactError, BackendUnavailableError
+from .base import ArtifactRuntime, open_artifact, run_in_chunks
 
 INFERENCE_PRECISIONS = OPENVINO_HINTS
 INSTALL_HINT = "pip install 'gsq-deploy[openvino]' (or: pip install openvino)"
@@ -83,6 +83,15 @@ class OpenVinoRuntime(ArtifactRuntime):
     """
 
     backend = "openvino"
+    options: ClassVar[tuple[str, ...]] = ("device", "threads", "inference_precision", "config")
+
+    @classmethod
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
+        return cls.device_name(options, None).upper().startswith("GPU")
+
+    @classmethod
+    def device_name(cls, options: Mapping[str, Any], artifact: Artifact | None) -> str:
+        return str(options.get("device") or "CPU")
 
     def __init__(
         self,
@@ -111,6 +120,7 @@ class OpenVinoRuntime(ArtifactRuntime):
         if "INFERENCE_PRECISION_HINT" in (config or {}):  # per graph, never over the lookup: its own argument
             raise InputError("set the inference precision with inference_precision=, not in config")
         self.device = device
+        self.device_label = self.device_name({"device": device}, self.artifact)
         self.threads = threads
         self.inference_precision = inference_precision
         self.config = dict(config or {})
@@ -133,13 +143,10 @@ class OpenVinoRuntime(ArtifactRuntime):
         return self.inference_precision or recorded
 
     # -- interface ---------------------------------------------------------------------------------
-    @property
-    def info(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {
-            **artifact_info(self.backend, self.artifact),
             "inference_precision": next(iter(set(self.hints.values()))) if len(set(self.hints.values())) == 1 else "per graph",
             "inference_precisions": dict(self.hints),
-            "device": self.device,
             "threads": self.threads,
             "config": {key: str(value) for key, value in self.config.items()},
         }

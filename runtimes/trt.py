@@ -19,15 +19,16 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from gsq_core.errors import InputError, first_line
 from gsq_core.extras import install_hint
 
-from .artifacts import ArtifactError, BackendUnavailableError
-from .base import ArtifactRuntime, artifact_info, open_artifact, run_in_chunks
+from .artifacts import Artifact, ArtifactError, BackendUnavailableError
+from .base import ArtifactRuntime, open_artifact, run_in_chunks
 
 # cudaDeviceAttr values (CUDA runtime API, stable since CUDA 5)
 _COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR = 75, 76
@@ -116,6 +117,15 @@ class TrtRuntime(ArtifactRuntime):
     """A TensorRT artifact directory; one engine and Polygraphy runner per graph, loaded on first use."""
 
     backend = "trt"
+    options: ClassVar[tuple[str, ...]] = ("device",)
+
+    @classmethod
+    def runs_on_gpu(cls, options: Mapping[str, Any]) -> bool:
+        return True  # engines run on a CUDA GPU only
+
+    @classmethod
+    def device_name(cls, options: Mapping[str, Any], artifact: Artifact) -> str:
+        return f"cuda:{int(options.get('device') or 0)} {(artifact.manifest.get('tensorrt') or {}).get('gpu')}"
 
     def __init__(self, model_dir: str | Path, device: int = 0):
         self.artifact = open_artifact(model_dir, "trt")
@@ -130,6 +140,7 @@ class TrtRuntime(ArtifactRuntime):
         if not 0 <= device < count:
             raise InputError(f"CUDA device {device} does not exist ({count} visible)")
         self.device = device
+        self.device_label = self.device_name({"device": device}, self.artifact)
         self._select_device()
         name, capability = cuda_device_facts(device)
         check_engine_compatibility(
@@ -138,14 +149,8 @@ class TrtRuntime(ArtifactRuntime):
         self._runners: dict[str, Any] = {}
 
     # -- interface ---------------------------------------------------------------------------------
-    @property
-    def info(self) -> dict[str, Any]:
-        manifest = self.artifact.manifest
-        return {
-            **artifact_info(self.backend, self.artifact),
-            "device": f"cuda:{self.device} {manifest['tensorrt'].get('gpu')}",
-            "tensorrt": manifest["tensorrt"].get("version"),
-        }
+    def settings(self) -> dict[str, Any]:
+        return {"tensorrt": self.artifact.manifest["tensorrt"].get("version")}
 
     def close(self) -> None:
         for runner in self._runners.values():

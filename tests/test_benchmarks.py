@@ -91,7 +91,7 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     out = tmp_path / "report"
     images = [FIXTURES / "gsq_f8_magvit_images" / name for name in ("64x64_0.png", "96x128_0.png")]
     args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", *map(str, images)]
-    args += ["--backends", "torch,onnx,nosuch", "--precisions", "fp32,fp16,decoder=int8", "--batch-sizes", "1,2"]
+    args += ["--backends", "torch,onnx", "--precisions", "fp32,fp16,decoder=int8", "--batch-sizes", "1,2"]
     args += ["--repeats", "1", "--threads", "1", "--out", str(out), "--no-progress"]
     completed = run_module("benchmarks.compare", *args)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -99,12 +99,18 @@ def test_compare_reports_torch_and_onnx_on_a_conformance_checkpoint(tmp_path):
     results = {(r["backend"], r["precision"]): r for r in report["results"]}
     skipped = {(s["backend"], s["precision"]): s["reason"] for s in report["skipped"]}
     assert {("torch", "fp32"), ("onnx", "fp32")} <= set(results)
-    assert "no runtime named 'nosuch'" in skipped[("nosuch", "fp32")]
     assert ("torch", "fp16") in skipped
     precisions = ("fp32", "fp16", "encoder=fp32,decoder=int8")  # the per-part spec, canonical
-    assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx", "nosuch") for p in precisions}
+    assert set(results) | set(skipped) == {(b, p) for b in ("torch", "onnx") for p in precisions}
+    # schema 2: the fields renamed in it are written under their old names too, and said so
+    assert report["schema_version"] == 2
+    assert set(report["deprecated_fields"]) == {"disagreement_max_margin", "recon_psnr_vs_eager_db"}
     for record in results.values():
         assert all(field in record for field in RESULT_FIELDS)
+        assert record["disagreement_max_margin"] == record["max_disagreement_margin"]
+        assert record["recon_psnr_vs_eager_db"] == record["recon_psnr_db"]
+        info = record["runtime_info"]  # the worker's ModelInfo.to_dict()
+        assert (info["backend"], info["num_embed"], info["device"]) == (record["backend"], 1024, record["device"])
         assert 0 < record["codebook_usage"] <= 1 and record["codebook_perplexity"] >= 1
     # fp32 disagreements may only be near-ties; reduced precisions report their margins.
     assert all(r["max_disagreement_margin"] <= 1e-5 for (_, precision), r in results.items() if precision == "fp32")
@@ -189,20 +195,40 @@ def test_compare_reads_per_part_precisions_and_refuses_bad_ones(tmp_path):
 
 def test_compare_passes_each_runtime_only_the_options_it_declares():
     from benchmarks.compare import runtime_options
+    from runtimes import runtime_class
 
     assert runtime_options("onnx", 3) == {"threads": 3}
     assert runtime_options("openvino", 3) == {"threads": 3}
     assert runtime_options("trt", 3) == {}  # TensorRT takes a device, not threads
     assert runtime_options("torch", 3) == {}  # the reference's threads are set in its worker
+    assert runtime_class("torch").torch_threads and not runtime_class("onnx").torch_threads
+
+
+def test_compare_refuses_an_unknown_backend_before_any_work(tmp_path):
+    """A typo in --backends ends the run at once in one line (it used to run torch, then skip the typo)."""
+    import time
+
+    args = ["--ckpt", str(FIXTURES / "gsq_f8_magvit.pt"), "--images", str(FIXTURES / "gsq_f8_magvit_images")]
+    started = time.monotonic()
+    completed = run_module("benchmarks.compare", *args, "--backends", "torch,bogus", "--out", str(tmp_path / "r"))
+    assert time.monotonic() - started < 15  # no eager run, no export
+    assert completed.returncode == 2 and not (tmp_path / "r").exists()
+    assert completed.stderr.strip().splitlines() == [
+        "error: --backends 'bogus' is not a backend; choose one of torch, onnx, openvino, trt"
+    ]
 
 
 # -- what the timings mean: a runtime whose calls take known (simulated) time ---------------------------
 class ClockedRuntime:
     """A runtime whose encode / decode advance a fake clock by a known time per image."""
 
+    torch_threads = False
+
     def __init__(self, clock: list[float], encode_s: float, decode_s: float):
+        from runtimes import ModelInfo
+
         self.clock, self.encode_s, self.decode_s = clock, encode_s, decode_s
-        self.info = {"backend": "clocked", "device": "cpu"}
+        self.info = ModelInfo("clocked", "unused", "0" * 64, "fp32", "cpu", 1, 1, 8, "BHWG")
 
     def encode(self, images):
         import numpy as np

@@ -203,7 +203,7 @@ def test_torch_runtime_is_the_eager_reference(exported):
     np.testing.assert_array_equal(codes, model.encode(torch.from_numpy(images)).numpy())
     np.testing.assert_allclose(reference.encode_latent(images), OnnxRuntime(out).encode_latent(images), atol=1e-3)
     assert psnr(reference.decode(codes), OnnxRuntime(out).decode(codes)) > 60
-    assert reference.info["token_layout"] == ("BHWG" if name == "gsq_f8_magvit" else "BHW")
+    assert reference.info.token_layout == ("BHWG" if name == "gsq_f8_magvit" else "BHW")
     with pytest.raises(InputError, match="outside"):
         reference.decode(np.full_like(codes, model.num_embed))
 

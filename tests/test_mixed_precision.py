@@ -76,7 +76,7 @@ def test_mixed_onnx_manifest_records_precision_per_graph_in_plain_fields():
 
 def test_mixed_onnx_tokenizes_exactly_like_fp32_and_decodes_within_its_tolerance():
     mixed, fp32 = load_runtime("onnx", reduced_onnx(MODEL, MIXED)), load_runtime("onnx", fp32_onnx(MODEL))
-    assert mixed.info["graph_precisions"] == {"quantizer": "fp32", "tokenize": "fp32", "detokenize": "int8"}
+    assert mixed.info.graph_precisions == {"quantizer": "fp32", "tokenize": "fp32", "detokenize": "int8"}
     vectors = expected_vectors(MODEL)
     spec = eager(MODEL).quantizer.lookup_spec()
     for size in ("64x64", "96x128"):
@@ -231,7 +231,7 @@ def test_bf16_hint_is_applied_only_to_the_graphs_that_asked_for_it(bf16_openvino
         assert _hint(compiled) == expected, name
         if expected == "f32":  # the lookup: every layer runs f32
             assert _runtime_precisions(compiled) <= {"f32", "i32", "i64"}, name
-    assert runtime.info["inference_precisions"] == {"encoder": "bf16", "quantizer": "f32", "detokenize": "bf16"}
+    assert runtime.info.settings["inference_precisions"] == {"encoder": "bf16", "quantizer": "f32", "detokenize": "bf16"}
 
 
 @needs_openvino

@@ -7,6 +7,7 @@ validation: each on inputs whose answer is known, so a changed boundary or messa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import pytest
 from gsq_core.budgets import batch_limit
 from gsq_core.errors import InputError
 from runtimes.artifacts import Artifact, ArtifactError, file_sha256
+from runtimes.info import ModelInfo
 from runtimes.base import (
     ArtifactRuntime,
-    artifact_info,
     artifact_work_limit,
     check_artifact_codes,
     check_artifact_images,
@@ -61,8 +62,13 @@ class RecordingRuntime(ArtifactRuntime):
 
     backend = "recording"
 
+    @classmethod
+    def runs_on_gpu(cls, options) -> bool:
+        return False
+
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
+        self.device_label = self.device_name({}, artifact)
         self.calls: list[tuple[str, int]] = []
 
     def run_graph(self, name: str, value: np.ndarray) -> np.ndarray:
@@ -74,10 +80,6 @@ class RecordingRuntime(ArtifactRuntime):
             height, width = (value.shape[2] // 8, value.shape[3] // 8) if name == "tokenize" else value.shape[2:]
             return np.arange(batch * height * width * 4, dtype=np.int64).reshape(batch, height, width, 4) % 1024
         return np.zeros((batch, 3, value.shape[1] * 8, value.shape[2] * 8), np.float32) + float(value.flat[0])
-
-    @property
-    def info(self) -> dict:
-        return artifact_info(self.backend, self.artifact)
 
 
 def runtime(**options) -> RecordingRuntime:
@@ -298,22 +300,37 @@ def test_open_artifact_checks_the_target_and_the_validation(tmp_path):
 
 def test_info_reports_the_artifact():
     info = runtime(graphs=("tokenize", "detokenize")).info
-    assert info == {
-        "backend": "recording",
-        "precision": "fp32",
-        "num_embed": 1024,
-        "num_group": 4,
-        "downsample_factor": 8,
-        "token_layout": "BHWG",
-        "model_dir": "/nowhere",
-        "graphs": ["tokenize", "detokenize"],
-        "graph_precisions": {"tokenize": "fp32", "detokenize": "fp32"},
-        "validated": True,
-    }
-    assert runtime(validation=None).info["validated"] is False
+    files_sha256 = hashlib.sha256(json.dumps({}, sort_keys=True).encode()).hexdigest()
+    assert info == ModelInfo(
+        backend="recording",
+        model="/nowhere",
+        model_sha256=files_sha256,
+        precision="fp32",
+        device="cpu",
+        num_embed=1024,
+        num_group=4,
+        downsample_factor=8,
+        token_layout="BHWG",
+        min_token_positions=1,
+        fixed_image_size=None,
+        graphs=("tokenize", "detokenize"),
+        graph_precisions={"tokenize": "fp32", "detokenize": "fp32"},
+        validated=True,
+        settings={},
+    )
+    assert json.loads(json.dumps(info.to_dict()))["graphs"] == ["tokenize", "detokenize"]
+    with pytest.raises(AttributeError):
+        info.num_embed = 7  # frozen
+    with pytest.raises(TypeError):
+        info.graph_precisions["tokenize"] = "int8"  # and so are its mappings
+    assert runtime(validation=None).info.validated is False
+    static = runtime(shapes={"dynamic": False, "batch": 2, "image_size": [16, 24]}, min_token_positions=2)
+    assert static.info.fixed_image_size == (16, 24) and static.info.min_token_positions == 2
+    other = runtime(files={"tokenize.onnx": {"sha256": "0" * 64, "size": 1}})
+    assert other.info.model_sha256 != files_sha256  # the files' checksums are the model's identity
     mixed = runtime(graphs=("tokenize", "detokenize"), precision="int8")
     mixed.artifact.manifest["graphs"]["tokenize"]["precision"] = "fp32"  # encoder=fp32,decoder=int8
-    assert mixed.info["graph_precisions"] == {"tokenize": "fp32", "detokenize": "int8"}
+    assert mixed.info.graph_precisions == {"tokenize": "fp32", "detokenize": "int8"}
 
 
 def test_a_missing_graph_names_what_the_artifact_has():

@@ -278,5 +278,43 @@ def test_graphs_missing_from_the_export_are_named(model_dir):
     runtime = load_runtime("onnx", model_dir)  # tokenize + detokenize only
     with pytest.raises(ArtifactError, match="has no encoder graph"):
         runtime.encode_latent(np.zeros((1, 3, 64, 64), np.float32))
-    assert runtime.info["graphs"] == ["tokenize", "detokenize"]
+    assert runtime.info.graphs == ("tokenize", "detokenize")
 
+
+
+# -- a backend name that does not exist ----------------------------------------------------------------
+BACKEND_LIST = "choose one of torch, onnx, openvino, trt"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "runtimes", "--backend", "bogus", "encode", "--model", "default", "--output", "{out}/t.npz", "x.png"],
+        [sys.executable, "-m", "gsq_dataset", "--backend", "bogus", "--model", "default", "--input", "{out}/in", "--output", "{out}/tok"],
+    ],
+    ids=["python -m runtimes", "gsq-tokenize"],
+)
+def test_an_unknown_backend_is_refused_in_one_line_before_any_work(command, tmp_path):
+    """--backend is a choice of runtimes.BACKENDS, checked by runtimes in every command that takes one
+    (benchmarks/compare.py --backends: tests/test_benchmarks.py)."""
+    if command[2] == "gsq_dataset":
+        pytest.importorskip("ray", reason="gsq-tokenize needs ray[data]")
+    result = subprocess.run(
+        [part.format(out=tmp_path) for part in command], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert_one_line_error(result, "--backend 'bogus' is not a backend", BACKEND_LIST)
+    assert result.stderr.startswith("error: ") and list(tmp_path.iterdir()) == []
+    help_text = subprocess.run([*command[:3], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "--backend [torch|onnx|openvino|trt]" in help_text.stdout  # a click.Choice of the backends
+
+
+def test_python_m_runtimes_runs_the_chosen_backend(model_dir, tmp_path):
+    files = [str(IMAGES / "64x64_0.png")]
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimes", "--backend", "onnx", "encode", "--model", str(model_dir), "--threads", "1",
+         "--output", str(tmp_path / "t.npz"), *files],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "t.npz") as tokens:
+        np.testing.assert_array_equal(tokens["codes"], expected_vectors("gsq_f8_magvit")["codes_64x64"][:1])

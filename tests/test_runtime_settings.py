@@ -40,8 +40,9 @@ def test_onnx_sessions_do_not_spin(onnx_dir):
     assert SESSION_CONFIG == {"session.intra_op.allow_spinning": "0", "session.force_spinning_stop": "1"}
     for key, value in SESSION_CONFIG.items():
         assert options.get_session_config_entry(key) == value
-    assert runtime.info["session_config"] == SESSION_CONFIG and runtime.info["graph_optimization"] == "all"
-    assert runtime.info["memory"] == "shared"
+    settings = runtime.info.settings
+    assert settings["session_config"] == SESSION_CONFIG and settings["graph_optimization"] == "all"
+    assert settings["memory"] == "shared" and settings["threads"] == 2
     assert options.get_session_config_entry("session.use_env_allocators") == "1" and not options.enable_mem_pattern
 
 

@@ -67,7 +67,7 @@ def test_fp32_is_compiled_with_an_f32_precision_hint(root):
     runtime = OpenVinoRuntime(openvino_dir(CONFORMANCE_MODELS[0], "fp32", root))
     compiled = runtime.compiled("tokenize")
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
-    assert runtime.info["inference_precision"] == "f32" and runtime.info["backend"] == "openvino"
+    assert runtime.info.settings["inference_precision"] == "f32" and runtime.info.backend == "openvino"
     manifest = json.loads((runtime.artifact.directory / "manifest.json").read_text())
     assert manifest["target"] == "openvino" and manifest["tools"]["openvino"]
     for entry in manifest["graphs"].values():

@@ -537,12 +537,14 @@ def test_gpu_plans_configure_the_actor_pool_with_one_gpu_per_actor():
     """What Ray is asked for, without a GPU: the tokenizer stage's actor pool on a 2 x 4-GPU cluster."""
     from gsq_dataset.resources import NodeResources, plan_workers
     from gsq_dataset.stages import actor_pool_args
+    from runtimes import runtime_class
 
     nodes = [NodeResources(cpus=32, gpus=4), NodeResources(cpus=32, gpus=4)]
-    gpu = actor_pool_args(plan_workers("onnx", {"provider": "cuda"}, nodes), batch_size=128)
+    onnx_runtime = runtime_class("onnx")
+    gpu = actor_pool_args(plan_workers(onnx_runtime, {"provider": "cuda"}, nodes), batch_size=128)
     assert gpu["compute"].min_size == gpu["compute"].max_size == 8
     assert (gpu["num_gpus"], gpu["num_cpus"], gpu["batch_size"]) == (1.0, 1.0, 128)
-    cpu = actor_pool_args(plan_workers("onnx", {"provider": "cpu"}, [NodeResources(cpus=2)]), batch_size=16)
+    cpu = actor_pool_args(plan_workers(onnx_runtime, {"provider": "cpu"}, [NodeResources(cpus=2)]), batch_size=16)
     assert cpu["compute"].min_size == 2 and cpu["num_gpus"] is None and cpu["num_cpus"] == 0.75
 
 

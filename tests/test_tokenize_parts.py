@@ -18,8 +18,9 @@ from gsq_core.errors import InputError  # noqa: E402
 from gsq_dataset.inputs import expand_ranges, find_inputs  # noqa: E402
 from gsq_dataset.output import OutputError, OutputFolder  # noqa: E402
 from gsq_dataset.preprocess import adm_center_crop, model_input, parse_size, preprocess_bytes, preprocess_image  # noqa: E402
-from gsq_dataset.resources import NodeResources, plan_workers, runtime_options, uses_gpu  # noqa: E402
+from gsq_dataset.resources import NodeResources, plan_workers, runtime_options  # noqa: E402
 from gsq_dataset.tokens import read_tokens, token_dtype, token_schema  # noqa: E402
+from runtimes import runtime_class  # noqa: E402
 
 
 def gradient(height: int, width: int) -> Image.Image:
@@ -178,34 +179,69 @@ def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_pat
 
 
 # -- the worker plan -----------------------------------------------------------------------------------
-def test_gpu_backends_ask_for_one_gpu_per_worker():
-    assert uses_gpu("torch", {"device": "cuda"}) and uses_gpu("onnx", {"provider": "tensorrt"}) and uses_gpu("trt", {})
-    assert not uses_gpu("torch", {"device": "cpu"}) and not uses_gpu("onnx", {"provider": "cpu"})
+class DeclaredRuntime:
+    """A runtime class's declaration alone (what plan_workers and runtime_options read), with a GPU
+    answer of our choosing: the plan must follow the declaration, not a backend name."""
+
+    backend = "declared"
+    options: tuple[str, ...] = ("threads", "device")
+    torch_threads = False
+
+    def __init__(self, gpu: bool):
+        self.gpu = gpu
+
+    def runs_on_gpu(self, options) -> bool:
+        return self.gpu
+
+
+def test_the_plan_follows_the_runtimes_gpu_declaration():
     nodes = [NodeResources(cpus=16, gpus=4), NodeResources(cpus=16, gpus=4)]
-    plan = plan_workers("torch", {"device": "cuda"}, nodes)
+    gpu, cpu = plan_workers(DeclaredRuntime(True), {}, nodes), plan_workers(DeclaredRuntime(False), {}, nodes)
+    assert (gpu.workers, gpu.gpus_per_worker, gpu.cpus_per_worker) == (8, 1.0, 1.0)
+    assert (cpu.workers, cpu.gpus_per_worker, cpu.threads) == (4, 0.0, 8)
+    with pytest.raises(InputError, match="the declared backend with these options runs on a GPU"):
+        plan_workers(DeclaredRuntime(True), {}, [NodeResources(cpus=2)])
+    # the real declarations: options decide, per backend
+    for backend, options, on_gpu in [
+        ("torch", {"device": "cuda"}, True), ("torch", {"device": "cuda:1"}, True), ("torch", {"device": "cpu"}, False),
+        ("torch", {}, False), ("onnx", {"provider": "tensorrt"}, True), ("onnx", {"provider": "cuda"}, True),
+        ("onnx", {"provider": "cpu"}, False), ("openvino", {"device": "GPU.1"}, True), ("openvino", {}, False),
+        ("trt", {}, True),
+    ]:  # fmt: skip
+        assert runtime_class(backend).runs_on_gpu(options) is on_gpu, (backend, options)
+        plan = plan_workers(runtime_class(backend), options, nodes)
+        assert plan.gpus_per_worker == (1.0 if on_gpu else 0.0), (backend, options)
+
+
+def test_gpu_backends_ask_for_one_gpu_per_worker():
+    nodes = [NodeResources(cpus=16, gpus=4), NodeResources(cpus=16, gpus=4)]
+    torch_runtime, onnx_runtime, trt = runtime_class("torch"), runtime_class("onnx"), runtime_class("trt")
+    plan = plan_workers(torch_runtime, {"device": "cuda"}, nodes)
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (8, 1.0, 1.0)
-    assert plan_workers("trt", {}, nodes, workers=3).workers == 3
-    options, torch_threads = runtime_options("torch", {"device": "cuda"}, plan)
+    assert plan_workers(trt, {}, nodes, workers=3).workers == 3
+    options, torch_threads = runtime_options(torch_runtime, {"device": "cuda"}, plan)
     assert options == {"device": "cuda"} and torch_threads is None
     with pytest.raises(InputError, match="needs 9 GPUs"):
-        plan_workers("trt", {}, nodes, workers=9)
+        plan_workers(trt, {}, nodes, workers=9)
     with pytest.raises(InputError, match="has none"):
-        plan_workers("onnx", {"provider": "cuda"}, [NodeResources(cpus=2)])
+        plan_workers(onnx_runtime, {"provider": "cuda"}, [NodeResources(cpus=2)])
 
 
 def test_cpu_backends_leave_room_for_decoding():
+    onnx_runtime, torch_runtime = runtime_class("onnx"), runtime_class("torch")
     one_node = [NodeResources(cpus=2)]
-    plan = plan_workers("onnx", {"provider": "cpu"}, one_node)  # two actors of one thread each
+    plan = plan_workers(onnx_runtime, {"provider": "cpu"}, one_node)  # two actors of one thread each
     assert (plan.workers, plan.gpus_per_worker, plan.threads) == (2, 0.0, 1)
     assert 2 * plan.cpus_per_worker + plan.task_cpus <= 2  # a decode task always fits next to the actors
-    one = plan_workers("onnx", {}, one_node, workers=1)
+    one = plan_workers(onnx_runtime, {}, one_node, workers=1)
     assert one.threads == 2 and one.cpus_per_worker + one.task_cpus <= 2
-    options, _ = runtime_options("onnx", {"provider": "cpu", "threads": None}, one)
+    options, _ = runtime_options(onnx_runtime, {"provider": "cpu", "threads": None}, one)
     assert options == {"provider": "cpu", "threads": 2}
-    assert plan_workers("onnx", {}, [NodeResources(cpus=1)]).workers == 1  # never more actors than CPUs
+    assert runtime_options(runtime_class("trt"), {}, one) == ({}, None)  # declares no threads option
+    assert plan_workers(onnx_runtime, {}, [NodeResources(cpus=1)]).workers == 1  # never more actors than CPUs
     cluster = [NodeResources(cpus=8), NodeResources(cpus=8), NodeResources(cpus=0, gpus=0)]
-    assert plan_workers("torch", {}, cluster).workers == 4
-    assert runtime_options("torch", {}, plan_workers("torch", {}, cluster))[1] == 4
+    assert plan_workers(torch_runtime, {}, cluster).workers == 4
+    assert runtime_options(torch_runtime, {}, plan_workers(torch_runtime, {}, cluster)) == ({}, 4)  # torch's threads
 
 
 # -- reading tokens back -------------------------------------------------------------------------------
