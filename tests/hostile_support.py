@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gsq_core.prepare import sample_photo
+
 REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_BYTES = 4 * 10**9  # the acceptance bar: inputs under 10 MB never take a CLI past 4 GB
 
@@ -83,16 +85,12 @@ def files_under(folder: Path) -> set[str]:
 # -- images ----------------------------------------------------------------------------------------------
 def photo(height: int = 64, width: int = 64) -> np.ndarray:
     """A real photo crop (scikit-image's astronaut), uint8 [H, W, 3]."""
-    import skimage.data
-
-    return np.ascontiguousarray(skimage.data.astronaut()[100 : 100 + height, 180 : 180 + width])
+    return np.ascontiguousarray(sample_photo("astronaut")[100 : 100 + height, 180 : 180 + width])
 
 
 def grey_photo(height: int = 64, width: int = 64) -> np.ndarray:
     """A real greyscale photo crop (scikit-image's camera), uint8 [H, W]."""
-    import skimage.data
-
-    return np.ascontiguousarray(skimage.data.camera()[150 : 150 + height, 200 : 200 + width])
+    return np.ascontiguousarray(sample_photo("camera")[150 : 150 + height, 200 : 200 + width, 0])
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 from conftest import FLEXGEN
 
@@ -20,6 +19,7 @@ from exporters.onnx import export_onnx
 from gsq_core import load_tokenizer
 from gsq_core.fidelity import psnr, score_gaps
 from gsq_core.images import uint8_to_float
+from gsq_core.prepare import sample_photo
 from runtimes import load_runtime
 
 # Relative latent error of an fp32 export: rounding only (measured ~1e-6 here). 1e-3 is a fault.
@@ -28,7 +28,7 @@ LATENT_RELATIVE_LIMIT = 1e-4
 
 def photos(height: int, width: int) -> np.ndarray:
     """Two scikit-image photos cropped to height x width, float [2, 3, H, W] in [-1, 1]."""
-    crops = [skimage.data.astronaut()[60 : 60 + height, 170 : 170 + width], skimage.data.coffee()[100 : 100 + height, 200 : 200 + width]]
+    crops = [sample_photo("astronaut")[60 : 60 + height, 170 : 170 + width], sample_photo("coffee")[100 : 100 + height, 200 : 200 + width]]
     return np.stack([uint8_to_float(np.ascontiguousarray(crop)) for crop in crops])
 
 

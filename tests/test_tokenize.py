@@ -28,11 +28,11 @@ from PIL import Image
 pytest.importorskip("ray", reason="gsq-tokenize needs Ray Data: pip install 'gsq-deploy[dataset]'")
 pa = pytest.importorskip("pyarrow", reason="gsq-tokenize needs pyarrow: pip install 'gsq-deploy[dataset]'")
 import pyarrow.parquet as pq  # noqa: E402
-import skimage.data  # noqa: E402
 import torch  # noqa: E402
 
 from gsq_core import load_tokenizer  # noqa: E402
 from gsq_core.fidelity import score_gaps  # noqa: E402
+from gsq_core.prepare import sample_photo  # noqa: E402
 from gsq_dataset import read_tokens  # noqa: E402
 from gsq_dataset.preprocess import model_input, preprocess_bytes, preprocess_file  # noqa: E402
 
@@ -53,7 +53,7 @@ def free_port() -> int:
 def photo_crops(name: str, count: int, seed: int) -> list[np.ndarray]:
     """Crops and flips of one of scikit-image's photos, 70 to 180 pixels a side (so --size 64 resizes,
     crops, and for the larger ones halves first)."""
-    photo = np.asarray(getattr(skimage.data, name)())[..., :3]
+    photo = sample_photo(name)
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(count):
@@ -561,7 +561,7 @@ def test_native_size_tokenizes_images_as_they_are(ray_cluster, tmp_path):
     src = tmp_path / "native"
     src.mkdir()
     crops = {"wide.png": (48, 64), "tall.png": (80, 56), "square.png": (64, 64), "odd.png": (70, 64)}
-    photo = np.asarray(skimage.data.coffee())
+    photo = sample_photo("coffee")
     for name, (height, width) in crops.items():
         Image.fromarray(photo[:height, :width]).save(src / name)
     out = tmp_path / "tokens"
