@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import conftest
 import numpy as np
 from PIL import Image
 
@@ -65,16 +66,10 @@ def _wait4(pid: int, timeout: float):
 
 
 def assert_one_line_error(result: CliResult, *fragments: str) -> str:
-    """Non-zero exit, exactly one stderr line starting `error:`, no traceback, peak under 4 GB."""
-    assert result.returncode != 0, f"exit 0; stdout: {result.stdout}\nstderr: {result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    """conftest.assert_one_line_error (one `error:` line, no traceback), and the child's peak under 4 GB."""
+    line = conftest.assert_one_line_error(result, *fragments)
     assert result.peak_bytes < PEAK_LIMIT_BYTES, f"peak RSS {result.peak_bytes / 1e9:.1f} GB"
-    return lines[0]
+    return line
 
 
 def files_under(folder: Path) -> set[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FLEXGEN
+from conftest import FLEXGEN, assert_one_line_error
 from PIL import Image
 
 pytest.importorskip("ray", reason="gsq-tokenize needs Ray Data: pip install 'gsq-deploy[dataset]'")
@@ -148,15 +148,6 @@ def tokenize(*args: str, timeout: float = 300, cluster: str | None = None) -> su
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, result.stderr
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def shard_table(folder: Path) -> pa.Table:
