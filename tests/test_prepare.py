@@ -69,3 +69,21 @@ def test_sample_photos_are_uint8_rgb():
     assert [name for name, _ in sample_photos(("coffee", "rocket"))] == ["coffee", "rocket"]
     with pytest.raises(ValueError, match="no sample photo named 'nonsense'"):
         sample_photo("nonsense")
+
+
+def test_training_validation_and_export_calibration_use_the_tokenizers_crop(tmp_path):
+    """One crop: what training validates on, what export validation feeds, what gsq-tokenize tokenizes."""
+    from exporters.calibration import fit_to_size
+    from gsq_dataset.preprocess import model_input, preprocess_file
+    from train.validation import load_validation_images
+
+    paths = []
+    for name, (height, width) in {"wide.png": (300, 451), "small.png": (50, 70)}.items():
+        paths.append(tmp_path / name)
+        gradient(height, width).save(paths[-1])
+    images, names = load_validation_images(paths, 64)
+    assert names == [str(p) for p in paths]
+    tokenized = model_input(np.stack([preprocess_file(p, 64) for p in paths]))
+    np.testing.assert_array_equal(images.numpy(), tokenized)
+    calibration = np.stack([fit_to_size(np.asarray(Image.open(p)), 64, 64) for p in paths])
+    np.testing.assert_array_equal(calibration, tokenized)
