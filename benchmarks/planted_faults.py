@@ -56,7 +56,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return run_in_chunks(lambda chunk: self.run_graph("encoder", chunk), images, limit)',
         'return run_in_chunks(lambda chunk: self.run_graph("encoder", chunk), images, limit) * np.float32(1.001)',
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     Fault(
         "onnx-graph-output-off-1e-3",
@@ -65,7 +65,7 @@ FAULTS: tuple[Fault, ...] = (
         "return run_in_chunks(run, value, self._lookup_batch_limit(name, value))",
         "out = run_in_chunks(run, value, self._lookup_batch_limit(name, value))\n"
         "        return out * np.float32(1.001) if out.dtype == np.float32 else out",
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     Fault(
         "runtime-codes-groups-permuted",
@@ -73,7 +73,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return self.run_graph("tokenize", images)',
         'return np.ascontiguousarray(self.run_graph("tokenize", images)[..., ::-1])',
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     Fault(
         "runtime-codes-positions-permuted",
@@ -81,7 +81,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return self.run_graph("tokenize", images)',
         'return np.ascontiguousarray(self.run_graph("tokenize", images)[:, :, ::-1])',
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     # -- the exported graphs --------------------------------------------------------------------------------
     Fault(
@@ -90,7 +90,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "return flat_codes.reshape(batch, height, width, self.num_group)",
         "return flat_codes.reshape(batch, height, width, self.num_group).flip(-1)",
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     Fault(
         "graph-codes-positions-permuted",
@@ -98,7 +98,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "return flat_codes.reshape(batch, height, width, self.num_group)",
         "return flat_codes.reshape(batch, height, width, self.num_group).flip(2)",
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     Fault(
         "graph-decode-groups-permuted",
@@ -106,7 +106,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "vectors = vectors.flatten(3)",
         "vectors = vectors.flip(3).flatten(3)",
-        ("tests/test_runtime_fidelity.py",),
+        ("tests/test_runtime_conformance.py",),
     ),
     # -- the eager reference --------------------------------------------------------------------------------
     Fault(
@@ -185,6 +185,46 @@ FAULTS: tuple[Fault, ...] = (
         'tensors = {k: (v * 1.001 if v.is_floating_point() else v).detach().to("cpu").contiguous() '
         "for k, v in model.state_dict().items()}",
         ("tests/test_checkpoint.py::test_native_round_trip_gives_identical_tokens",),
+    ),
+    Fault(
+        "ibq-quant-convs-swapped",
+        "the IBQ key map sends upstream's quant_conv to our decoder's post_quant_conv and back",
+        "gsq_core/checkpoint_ibq.py",
+        '("quant_conv.", "encoder.quant_conv."),\n    ("post_quant_conv.", "decoder.post_quant_conv."),',
+        '("quant_conv.", "decoder.post_quant_conv."),\n    ("post_quant_conv.", "encoder.quant_conv."),',
+        ("tests/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
+    ),
+    Fault(
+        "ibq-ema-shadows-ignored",
+        "an IBQ checkpoint loads its raw weights when the EMA shadows are asked for",
+        "gsq_core/checkpoint_ibq.py",
+        "key = ema_name(upstream) if take_ema else upstream",
+        "key = upstream",
+        ("tests/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
+    ),
+    Fault(
+        "torch-load-not-weights-only",
+        "checkpoints are unpickled with weights_only=False: a pickle's code runs",
+        "gsq_core/checkpoint.py",
+        "weights_only=True, mmap=is_zip",
+        "weights_only=False, mmap=is_zip",
+        ("tests/test_checkpoint.py::test_hostile_tensor_pickle_is_refused",),
+    ),
+    Fault(
+        "config-pickle-unrestricted",
+        "a flex_gen checkpoint's config pickle is read with plain pickle.loads, not the allow-list unpickler",
+        "gsq_core/checkpoint.py",
+        'kwargs = load_config_pickle(package["config"])',
+        'kwargs = __import__("pickle").loads(package["config"])',
+        ("tests/test_checkpoint.py::test_hostile_config_pickle_is_refused_and_never_runs",),
+    ),
+    Fault(
+        "ibq-shape-check-skipped",
+        "an IBQ weight whose shape differs from the YAML's model is taken without a word",
+        "gsq_core/checkpoint_ibq.py",
+        "if tuple(tensor.shape) != expected[ours]:",
+        "if False:",
+        ("tests/test_ibq.py::test_yaml_that_does_not_match_lists_keys_and_shapes",),
     ),
     Fault(
         "ema-copies",

@@ -1,4 +1,4 @@
-"""Write scikit-image's bundled sample photos as square PNGs, a reproducible image set for compare.py.
+"""Write scikit-image's bundled sample photos as square PNGs (ADM centre crops), a reproducible set for compare.py.
 
 python -m benchmarks.sample_photos --out out/bench/photos --size 256
 """
@@ -30,20 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    import numpy as np
-    import skimage.data
     from PIL import Image
 
     from gsq_core.images import uint8_to_float, write_image
+    from gsq_core.prepare import adm_center_crop, sample_photo
 
     for name in PHOTOS:
-        pixels = np.asarray(getattr(skimage.data, name)())[..., :3]
-        side = min(pixels.shape[:2])
-        top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
-        square = Image.fromarray(pixels[top : top + side, left : left + side])
-        resized = np.asarray(square.resize((args.size, args.size), Image.Resampling.BICUBIC))
+        square = adm_center_crop(Image.fromarray(sample_photo(name)), args.size)
         try:
-            path = write_image(args.out / f"{name}.png", uint8_to_float(resized), overwrite=args.overwrite)
+            path = write_image(args.out / f"{name}.png", uint8_to_float(square), overwrite=args.overwrite)
         except FileExistsError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -117,11 +117,12 @@ def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float
 # -- the photos --------------------------------------------------------------------------------------
 def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """Random crops (260-512 px a side) and flips of scikit-image's colour photos, as JPEG files."""
-    import skimage.data
     from PIL import Image
 
+    from gsq_core.prepare import sample_photo
+
     folder.mkdir(parents=True, exist_ok=True)
-    sources = [np.asarray(getattr(skimage.data, name)())[..., :3] for name in PHOTOS]
+    sources = [sample_photo(name) for name in PHOTOS]
     rng = np.random.default_rng(seed)
     paths = []
     for index in range(count):
@@ -146,7 +147,7 @@ def naive_loop(model: str, paths: list[Path], size: int, device: str, out: Path)
     from PIL import Image
 
     from gsq_core import load_tokenizer
-    from gsq_dataset.preprocess import adm_center_crop
+    from gsq_core.prepare import adm_center_crop
 
     tokenizer = load_tokenizer(model, device=device).eval()
     out.mkdir(parents=True, exist_ok=True)

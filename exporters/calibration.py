@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gsq_core import prepare
 from gsq_core.errors import InputError
 from gsq_core.images import IMAGE_SUFFIXES, float_to_uint8, inspect_image, read_image, uint8_to_float
 
@@ -21,9 +22,7 @@ def photos_for(calib_images: str | Path | None) -> list[tuple[str, np.ndarray]]:
 
 def sample_photos() -> list[tuple[str, np.ndarray]]:
     """scikit-image sample photos as (name, uint8 [H, W, 3])."""
-    import skimage.data
-
-    return [(name, np.asarray(getattr(skimage.data, name)())[..., :3]) for name in SAMPLE_PHOTOS]
+    return prepare.sample_photos(SAMPLE_PHOTOS)
 
 
 def folder_images(folder: str | Path, limit: int = MAX_CALIBRATION_IMAGES) -> list[tuple[str, np.ndarray]]:
@@ -47,16 +46,10 @@ def check_calibration_folder(folder: str | Path, limit: int = MAX_CALIBRATION_IM
 
 
 def fit_to_size(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Center-crop uint8 [H, W, 3] to the target aspect ratio, resize (bicubic) to HxW; float [3, H, W]."""
+    """uint8 [H, W, 3] -> float [3, height, width]: the ADM centre crop (gsq_core.prepare, gsq-tokenize's)."""
     from PIL import Image
 
-    source_height, source_width = pixels.shape[:2]
-    scale = min(source_height / height, source_width / width)
-    crop_height, crop_width = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = (source_height - crop_height) // 2, (source_width - crop_width) // 2
-    cropped = Image.fromarray(pixels[top : top + crop_height, left : left + crop_width])
-    resized = cropped.resize((width, height), Image.Resampling.BICUBIC)
-    return uint8_to_float(np.asarray(resized, dtype=np.uint8))
+    return uint8_to_float(prepare.adm_center_crop(Image.fromarray(pixels), (height, width)))
 
 
 def multiple_of(value: int, factor: int) -> int:

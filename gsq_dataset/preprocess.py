@@ -7,7 +7,8 @@
 Decoding goes through gsq_core.images (one definition of what an input image is: 16-bit and float
 images scaled, alpha composited on white, first frame, EXIF orientation, a pixel budget checked
 from the header; and its one-line errors);
-the uint8 -> [-1, 1] step is gsq_core.images.uint8_to_float. numpy and Pillow only.
+the ADM crop is gsq_core.prepare.adm_center_crop (re-exported here); the uint8 -> [-1, 1] step is
+gsq_core.images.uint8_to_float. numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -19,33 +20,12 @@ import numpy as np
 
 from gsq_core.errors import InputError
 from gsq_core.images import rgb_image, uint8_to_float
+from gsq_core.prepare import adm_center_crop  # the one ADM crop, importable from here too
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 NATIVE = "native"
-
-
-def adm_center_crop(image: PILImage.Image, size: int) -> np.ndarray:
-    """The ADM centre crop (guided-diffusion's center_crop_arr; LlamaGen's ImageNet input), as uint8 [size, size, 3].
-
-    1. while the short side is >= 2 * size, halve both sides (integer division) with a BOX filter;
-    2. resize with BICUBIC so the short side is `size` and the long side is round(long * size / short)
-       (Python's round: halves go to the even number);
-    3. crop size x size at top = (height - size) // 2, left = (width - size) // 2.
-    """
-    from PIL import Image
-
-    if size < 1:
-        raise InputError(f"crop size {size} must be positive")
-    while min(image.size) >= 2 * size:
-        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
-    scale = size / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.uint8)
-    top = (pixels.shape[0] - size) // 2
-    left = (pixels.shape[1] - size) // 2
-    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
 
 
 def preprocess_image(image: PILImage.Image, size: int | str, factor: int, name: str = "image") -> np.ndarray:

@@ -1,12 +1,16 @@
-"""Shared test fixtures: conformance vectors, small models, real photos."""
+"""Shared test fixtures and helpers: conformance vectors, small models, running a module, one-line errors."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 FLEXGEN = FIXTURES / "flexgen"
 CONFORMANCE_MODELS = ("gsq_f8_magvit", "vq_f16_attn")
@@ -44,3 +48,30 @@ def tiny_gsq_model():
         quantizer=QuantizerConfig(quantize_type="gsq", num_embed=256, embed_dim=8, num_group=4, use_l2_norm=True),
     )
     return build_tokenizer(config, seed=0).eval()
+
+
+# -- command-line runs -------------------------------------------------------------------------------------
+class Completed(Protocol):
+    """What a finished command left: subprocess.CompletedProcess, hostile_support.CliResult."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m ARGS...` from the repository root, output captured as text."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: Completed, *fragments: str) -> str:
+    """Non-zero exit, no traceback, exactly one non-blank stderr line, starting `error: ` and holding every
+    fragment; returns that line."""
+    assert result.returncode != 0, f"exit 0; stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -16,8 +16,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import conftest
 import numpy as np
 from PIL import Image
+
+from gsq_core.prepare import sample_photo
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_BYTES = 4 * 10**9  # the acceptance bar: inputs under 10 MB never take a CLI past 4 GB
@@ -63,16 +66,10 @@ def _wait4(pid: int, timeout: float):
 
 
 def assert_one_line_error(result: CliResult, *fragments: str) -> str:
-    """Non-zero exit, exactly one stderr line starting `error:`, no traceback, peak under 4 GB."""
-    assert result.returncode != 0, f"exit 0; stdout: {result.stdout}\nstderr: {result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    """conftest.assert_one_line_error (one `error:` line, no traceback), and the child's peak under 4 GB."""
+    line = conftest.assert_one_line_error(result, *fragments)
     assert result.peak_bytes < PEAK_LIMIT_BYTES, f"peak RSS {result.peak_bytes / 1e9:.1f} GB"
-    return lines[0]
+    return line
 
 
 def files_under(folder: Path) -> set[str]:
@@ -83,16 +80,12 @@ def files_under(folder: Path) -> set[str]:
 # -- images ----------------------------------------------------------------------------------------------
 def photo(height: int = 64, width: int = 64) -> np.ndarray:
     """A real photo crop (scikit-image's astronaut), uint8 [H, W, 3]."""
-    import skimage.data
-
-    return np.ascontiguousarray(skimage.data.astronaut()[100 : 100 + height, 180 : 180 + width])
+    return np.ascontiguousarray(sample_photo("astronaut")[100 : 100 + height, 180 : 180 + width])
 
 
 def grey_photo(height: int = 64, width: int = 64) -> np.ndarray:
     """A real greyscale photo crop (scikit-image's camera), uint8 [H, W]."""
-    import skimage.data
-
-    return np.ascontiguousarray(skimage.data.camera()[150 : 150 + height, 200 : 200 + width])
+    return np.ascontiguousarray(sample_photo("camera")[150 : 150 + height, 200 : 200 + width, 0])
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

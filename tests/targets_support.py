@@ -9,16 +9,13 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import shutil
-import subprocess
-import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from conftest import FLEXGEN
+from conftest import FLEXGEN, REPO, assert_one_line_error, run_module  # noqa: F401 (used by the target tests)
 
-REPO = Path(__file__).resolve().parents[1]
 FP32_GRAPHS = ("quantizer", "tokenize", "detokenize")
 needs_fp16 = pytest.mark.skipif(
     importlib.util.find_spec("onnxconverter_common") is None,
@@ -59,18 +56,3 @@ def reduced_onnx(name: str, precision: str) -> Path:
     options = ExportOptions(precision=plan, calib_images=FLEXGEN / f"{name}_images", progress=False)
     convert(eager(name), fp32_onnx(name), out, "onnx", options)
     return out
-
-
-def run_module(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m <args>` from the repository root, output captured."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Non-zero exit, exactly one line on stderr starting with 'error:', no traceback."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0, result.stdout
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_module
 
 from benchmarks.lookup_case import LookupCase
 from benchmarks.lookup_worker import skip_reason
 
 REPO = Path(__file__).parents[1]
-
-
-def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_quantizer_benchmark_sweep_writes_report(tmp_path):

@@ -13,7 +13,7 @@ import torch
 
 from conftest import FLEXGEN
 from gsq_core import CheckpointError, load_tokenizer
-from gsq_core.checkpoint import UPSTREAM_KEY_PREFIXES, config_from_upstream_kwargs
+from gsq_core.checkpoint import UPSTREAM_KEY_PREFIXES, atomic_write, config_from_upstream_kwargs, save_native
 from gsq_core.safe_pickle import load_config_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,3 +138,95 @@ def test_native_round_trip_gives_identical_tokens(tmp_path):
 
 def test_upstream_key_map_is_explicit():
     assert dict(UPSTREAM_KEY_PREFIXES) == {"encoder.fianl_layers.": "encoder.final_layers.", "quantizers.": "quantizer."}
+
+
+# -- upstream constructor kwargs, by hand (gsq_core.checkpoint's translation table) -----------------------
+def _kwargs(**quantizer) -> dict:
+    """Upstream kwargs of a small VQ model; quantizer= entries replace its quantizer_config."""
+    return {"hidden_channels": 32, "embedding_dim": 8, "quantizer_config": {"quantize_type": "vq", "embed_dim": 8, "num_embed": 64, **quantizer}}
+
+
+def test_upstream_defaults_fill_what_the_kwargs_leave_out():
+    config = config_from_upstream_kwargs({})  # upstream's constructor defaults: VQ, V = 8192, embed_dim 4
+    assert (config.hidden_channels, config.embedding_dim, config.attention_resolutions) == (128, 4, ())
+    quantizer = config.quantizer
+    assert (quantizer.quantize_type, quantizer.num_embed, quantizer.embed_dim, quantizer.num_group) == ("vq", 8192, 4, 1)
+    assert quantizer.use_uniform_init and quantizer.argmin_func == "random"
+    untyped = config_from_upstream_kwargs({"embedding_dim": 8, "quantizer_config": {"embed_dim": 8, "num_embed": 64}})
+    assert untyped.quantizer.quantize_type == "vq" and untyped.quantizer.num_embed == 64
+    assert config_from_upstream_kwargs({**_kwargs(), "attention_resolutions": None}).attention_resolutions == ()
+
+
+def test_upstream_argmin_none_means_plain_argmin():
+    assert config_from_upstream_kwargs(_kwargs(argmin_func=None)).quantizer.argmin_func == "argmin"
+    assert config_from_upstream_kwargs(_kwargs(argmin_func="random")).quantizer.argmin_func == "random"
+
+
+def test_upstream_kwargs_that_are_not_a_dict_or_unknown_are_named():
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's config must be a dict of constructor arguments, got list$"):
+        config_from_upstream_kwargs([1, 2])
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's config has constructor arguments this toolkit does not know: "
+                                              r"alpha_extra, zeta_extra$"):
+        config_from_upstream_kwargs({**_kwargs(), "zeta_extra": 1, "alpha_extra": 2})
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's config is invalid: .*num_embed"):
+        config_from_upstream_kwargs(_kwargs(num_embed=0))
+
+
+def test_unknown_quantizer_options_fail_for_vq_and_warn_for_gsq():
+    training_only = {"argmin_softmax_tau": 0.1, "lambda_tcr_loss": 0.0, "entropy_loss_type": "x"}
+    assert config_from_upstream_kwargs(_kwargs(**training_only)).quantizer.num_embed == 64  # silently ignored
+    with pytest.raises(CheckpointError, match=r"^unknown VQ quantizer options in the checkpoint: alpha_opt, zeta_opt$"):
+        config_from_upstream_kwargs(_kwargs(zeta_opt=1, alpha_opt=2, **training_only))
+    gsq = _kwargs(quantize_type="GSQ", num_group=2, zeta_opt=1, alpha_opt=2, **training_only)
+    with pytest.warns(UserWarning, match=r"^ignoring GSQ quantizer options that upstream also ignores: alpha_opt, zeta_opt$"):
+        config = config_from_upstream_kwargs(gsq)
+    assert (config.quantizer.quantize_type, config.quantizer.num_group) == ("gsq", 2)
+
+
+# -- writing files ------------------------------------------------------------------------------------------
+def test_atomic_write_goes_through_a_hidden_temporary_beside_the_target(tmp_path):
+    target = tmp_path / "new" / "deeper" / "model.safetensors"
+    seen = []
+
+    def write(tmp: Path) -> None:
+        seen.append(tmp)
+        assert not target.exists()
+        tmp.write_bytes(b"weights")
+
+    atomic_write(target, write)
+    (tmp,) = seen
+    assert tmp.parent == target.parent and tmp.name.startswith(".model.safetensors.") and tmp.name.endswith(".tmp")
+    assert target.read_bytes() == b"weights" and sorted(target.parent.iterdir()) == [target]
+    with pytest.raises(FileExistsError, match=r"model\.safetensors already exists; pass overwrite=True"):
+        atomic_write(target, write)
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"new"), overwrite=True)
+    assert target.read_bytes() == b"new"
+
+    def fails(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fails, overwrite=True)
+    assert target.read_bytes() == b"new" and sorted(target.parent.iterdir()) == [target]  # no temporary left
+
+
+def test_save_native_refuses_to_replace_unless_asked(tmp_path):
+    from conftest import tiny_gsq_model
+
+    model = tiny_gsq_model()
+    path = save_native(model, tmp_path / "tiny.safetensors")
+    with pytest.raises(FileExistsError):
+        save_native(model, path)
+    with torch.no_grad():
+        model.quantizer.codebook.weight.mul_(2)
+    save_native(model, path, overwrite=True)
+    assert torch.equal(load_tokenizer(path).quantizer.codebook.weight, model.quantizer.codebook.weight)
+
+
+def test_ibq_upstream_name_names_a_key_it_cannot_map():
+    from gsq_core.checkpoint_ibq import upstream_name
+
+    assert upstream_name("encoder.quant_conv.weight") == "quant_conv.weight"
+    with pytest.raises(KeyError, match="quantizer.scale"):
+        upstream_name("quantizer.scale")

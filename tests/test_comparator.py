@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import skimage.data
 from skimage.metrics import structural_similarity
 
 from gsq_core.comparator import Comparator, Mismatch, ssim
@@ -19,10 +18,11 @@ from gsq_core.fidelity import (
     score_gaps,
 )
 from gsq_core.images import float_to_uint8, uint8_to_float
+from gsq_core.prepare import sample_photo
 
 
 def photo(size: int = 48) -> np.ndarray:
-    return uint8_to_float(np.ascontiguousarray(skimage.data.astronaut()[100 : 100 + size, 180 : 180 + size]))
+    return uint8_to_float(np.ascontiguousarray(sample_photo("astronaut")[100 : 100 + size, 180 : 180 + size]))
 
 
 def lookup_problem(seed: int = 0) -> tuple[LookupSpec, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
+from conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors, run_module
 from PIL import Image
 
 from exporters import GRAPH_NAMES, ExportError, ExportValidationError
@@ -34,10 +34,6 @@ from runtimes.onnx import OnnxRuntime
 from runtimes.torch import TorchRuntime
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module", params=CONFORMANCE_MODELS)

@@ -209,3 +209,26 @@ def test_hostile_lightning_pickle_is_refused_and_never_runs(tmp_path):
         assert "refusing" in result.stderr and "Traceback" not in result.stderr
         assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "lossconfig, entropy, quant",
+    [
+        ({"params": {"entropy_loss_weight": 0.05, "quant_loss_weight": 0.5}}, 0.05, 0.5),  # taming's params
+        ({"init_args": {"entropy_loss_weight": 0.2, "quant_loss_weight": 2.0}}, 0.2, 2.0),  # LightningCLI's init_args
+        ({"params": {"quant_loss_weight": 3.0}, "init_args": {"quant_loss_weight": 9.0}}, 1.0, 3.0),  # params first
+        ({"params": "not a mapping"}, 1.0, 1.0),  # VQLPIPSWithDiscriminator's defaults
+        ("not a mapping", 1.0, 1.0),
+        (None, 1.0, 1.0),
+    ],
+)
+def test_training_weights_come_from_the_loss_block(lossconfig, entropy, quant):
+    from gsq_core.checkpoint_ibq import ibq_config_from_init_args
+
+    args = yaml.safe_load(YAML.read_text())["model"]["init_args"]
+    args["lossconfig"] = lossconfig
+    config, use_ema = ibq_config_from_init_args(args)
+    assert use_ema is True
+    assert (config.quantizer.entropy_loss_weight, config.quant_loss_weight) == (entropy, quant)
+    args["use_entropy_loss"] = False
+    assert ibq_config_from_init_args(args)[0].quantizer.entropy_loss_weight == 0.0

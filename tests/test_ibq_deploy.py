@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CONFORMANCE_SIZES, IBQ, IBQ_MODEL, ibq_expected
+from conftest import CONFORMANCE_SIZES, IBQ, IBQ_MODEL, ibq_expected, run_module
 from gsq_core import load_tokenizer
 from gsq_core.fidelity import psnr, score_gaps
 from runtimes import load_runtime
 
-REPO = Path(__file__).resolve().parents[1]
 CKPT = IBQ_MODEL.with_suffix(".ckpt")
 IMAGES = IBQ / "ibq_tiny_f4_k1024_images"
-
-
-def run_module(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

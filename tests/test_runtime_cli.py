@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FLEXGEN, expected_vectors
+from conftest import FLEXGEN, assert_one_line_error, expected_vectors, run_module
 from PIL import Image
 
 from exporters.onnx import export_onnx
@@ -22,7 +21,6 @@ from gsq_core import load_tokenizer
 from runtimes import load_runtime
 from runtimes.artifacts import ArtifactError, BackendUnavailableError
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGES = FLEXGEN / "gsq_f8_magvit_images"
 
 
@@ -36,18 +34,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runtimes.onnx", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    return run_module("runtimes.onnx", *args, timeout=120)
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:

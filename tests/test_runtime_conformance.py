@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 from conftest import FLEXGEN
 
@@ -31,6 +30,7 @@ from gsq_core import load_tokenizer
 from gsq_core.errors import InputError
 from gsq_core.fidelity import psnr, score_gaps
 from gsq_core.images import uint8_to_float
+from gsq_core.prepare import sample_photo
 from runtimes import BACKENDS, ModelInfo, describe, load_runtime
 
 CHECKPOINT = FLEXGEN / "gsq_f8_magvit.pt"
@@ -56,8 +56,8 @@ def skip_reason(backend: str) -> str | None:
 def photos(height: int, width: int) -> np.ndarray:
     """Two scikit-image photos cropped to height x width, float [2, 3, H, W] in [-1, 1]."""
     crops = [
-        skimage.data.astronaut()[60 : 60 + height, 170 : 170 + width],
-        skimage.data.coffee()[100 : 100 + height, 200 : 200 + width],
+        sample_photo("astronaut")[60 : 60 + height, 170 : 170 + width],
+        sample_photo("coffee")[100 : 100 + height, 200 : 200 + width],
     ]
     return np.stack([uint8_to_float(np.ascontiguousarray(crop)) for crop in crops])
 

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FLEXGEN
+from conftest import FLEXGEN, assert_one_line_error
 from PIL import Image
 
 pytest.importorskip("ray", reason="gsq-tokenize needs Ray Data: pip install 'gsq-deploy[dataset]'")
 pa = pytest.importorskip("pyarrow", reason="gsq-tokenize needs pyarrow: pip install 'gsq-deploy[dataset]'")
 import pyarrow.parquet as pq  # noqa: E402
-import skimage.data  # noqa: E402
 import torch  # noqa: E402
 
 from gsq_core import load_tokenizer  # noqa: E402
 from gsq_core.fidelity import score_gaps  # noqa: E402
+from gsq_core.prepare import sample_photo  # noqa: E402
 from gsq_dataset import read_tokens  # noqa: E402
 from gsq_dataset.preprocess import model_input, preprocess_bytes, preprocess_file  # noqa: E402
 
@@ -53,7 +53,7 @@ def free_port() -> int:
 def photo_crops(name: str, count: int, seed: int) -> list[np.ndarray]:
     """Crops and flips of one of scikit-image's photos, 70 to 180 pixels a side (so --size 64 resizes,
     crops, and for the larger ones halves first)."""
-    photo = np.asarray(getattr(skimage.data, name)())[..., :3]
+    photo = sample_photo(name)
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(count):
@@ -148,15 +148,6 @@ def tokenize(*args: str, timeout: float = 300, cluster: str | None = None) -> su
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, result.stderr
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def shard_table(folder: Path) -> pa.Table:
@@ -563,7 +554,7 @@ def test_native_size_tokenizes_images_as_they_are(ray_cluster, tmp_path):
     src = tmp_path / "native"
     src.mkdir()
     crops = {"wide.png": (48, 64), "tall.png": (80, 56), "square.png": (64, 64), "odd.png": (70, 64)}
-    photo = np.asarray(skimage.data.coffee())
+    photo = sample_photo("coffee")
     for name, (height, width) in crops.items():
         Image.fromarray(photo[:height, :width]).save(src / name)
     out = tmp_path / "tokens"

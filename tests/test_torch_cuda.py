@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
 from gsq_core.fidelity import score_gaps
 from gsq_core.images import uint8_to_float
+from gsq_core.prepare import sample_photo
 from runtimes.torch import TorchRuntime
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
 
 def test_cuda_tokens_match_cpu_up_to_near_ties_with_tf32_left_on_by_the_caller() -> None:
-    pixels = uint8_to_float(np.asarray(skimage.data.astronaut())[128:384, 128:384])[None]
+    pixels = uint8_to_float(sample_photo("astronaut")[128:384, 128:384])[None]
     cpu, cuda = TorchRuntime("default"), TorchRuntime("default", device="cuda")
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True  # cuDNN's default; the runtime must switch it off for its calls

@@ -105,17 +105,6 @@ def random_crop(image: Image.Image, spec: CropSpec, rng: np.random.Generator) ->
     return pixels
 
 
-def centre_crop(image: Image.Image, size: int) -> torch.Tensor:
-    """Centre square crop (short side resized up to `size` first only when smaller) as float [3, S, S]."""
-    short = min(image.width, image.height)
-    if short < size:
-        ratio = size / short
-        image = image.resize((max(size, round(image.width * ratio)), max(size, round(image.height * ratio))),
-                             Image.Resampling.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return pil_to_tensor(image.crop((left, top, left + size, top + size)))
-
-
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)

@@ -2,8 +2,8 @@
 
     python -m train.evaluate --ckpt default --size 256 runs/skimage_photos/heldout
 
-Each image is centre-cropped to size x size (its short side is resized up first only when it is
-smaller). Prints a table per image and the JSON summary (also written with --json PATH).
+Each image is ADM centre-cropped to size x size (gsq-tokenize's crop: gsq_core.prepare.adm_center_crop).
+Prints a table per image and the JSON summary (also written with --json PATH).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def measure(checkpoint: str, inputs: list[str], size: int, config: str | None = 
         metrics, _ = evaluate(model, images[index : index + 1])
         per_image.append({"image": name, **metrics})
     overall, _ = evaluate(model, images)
-    return {"checkpoint": checkpoint, "crop": f"{size}x{size} centre", "images": per_image, "mean": overall}
+    return {"checkpoint": checkpoint, "crop": f"{size}x{size} ADM centre", "images": per_image, "mean": overall}
 
 
 def main(argv: list[str] | None = None) -> int:

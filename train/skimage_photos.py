@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
+from gsq_core.prepare import OTHER_PACKAGES, sample_photo
 
 HELD_OUT = ("astronaut", "coffee", "chelsea")
 # Photographs (colour, then grayscale). Left out: synthetic images (checkerboard, colorwheel, logo,
@@ -23,49 +22,6 @@ HELD_OUT = ("astronaut", "coffee", "chelsea")
 # images that need the optional download package (pooch).
 TRAINING_COLOR = ("rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left", "motorcycle_right")
 TRAINING_GRAY = ("camera", "moon", "coins", "brick", "grass", "gravel", "clock", "cell")
-# Colour photos in other installed packages: name -> (package, file inside the package).
-OTHER_PACKAGES = {
-    "china": ("sklearn", "datasets/images/china.jpg"),
-    "flower": ("sklearn", "datasets/images/flower.jpg"),
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-}
-
-
-def _package_file(name: str) -> Callable[[], np.ndarray]:
-    """Loader of a photo stored as a file inside another package (OTHER_PACKAGES)."""
-    import importlib.util
-
-    from PIL import Image
-
-    package, relative = OTHER_PACKAGES[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"photo {name!r} ships with {package}, which is not installed "
-                                  f"(pip install {'scikit-learn' if package == 'sklearn' else package})")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    return lambda: np.asarray(Image.open(path).convert("RGB"))
-
-
-def _loader(name: str) -> Callable[[], np.ndarray]:
-    import skimage.data
-
-    if name in OTHER_PACKAGES:
-        return _package_file(name)
-
-    if name.startswith("motorcycle_"):
-        index = 0 if name.endswith("left") else 1
-        return lambda: skimage.data.stereo_motorcycle()[index]
-    return getattr(skimage.data, name)
-
-
-def photo(name: str) -> np.ndarray:
-    """The named photo (scikit-image, or OTHER_PACKAGES) as uint8 RGB [H, W, 3]."""
-    pixels = np.asarray(_loader(name)())
-    if pixels.dtype != np.uint8:
-        raise ValueError(f"photo {name!r} is {pixels.dtype}, expected uint8")
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return pixels[..., :3]
 
 
 def training_names(color_only: bool = False, other_packages: bool = False) -> tuple[str, ...]:
@@ -88,7 +44,7 @@ def write_photos(out: Path, overwrite: bool = False, color_only: bool = False,
             path = folder / f"{name}.png"
             if path.exists() and not overwrite:
                 raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-            Image.fromarray(photo(name)).save(path)
+            Image.fromarray(sample_photo(name)).save(path)
             written[split].append(path)
     return written
 

@@ -10,18 +10,20 @@ import torch
 
 from gsq_core.comparator import ssim
 from gsq_core.fidelity import codebook_perplexity, codebook_usage, psnr
-from gsq_core.images import write_image
+from gsq_core.images import uint8_to_float, write_image
 from gsq_core.model import GSQTokenizer
+from gsq_core.prepare import adm_center_crop
 
-from .data import centre_crop, decode_rgb
+from .data import decode_rgb
 
 
 def load_validation_images(paths: list[Path], size: int) -> tuple[torch.Tensor, list[str]]:
-    """Centre crops [N, 3, size, size] of the readable images among paths, and their names."""
+    """ADM centre crops (gsq-tokenize's, gsq_core.prepare) [N, 3, size, size] of the readable images among
+    paths, in [-1, 1], and their names."""
     crops, names = [], []
     for path in paths:
         try:
-            crops.append(centre_crop(decode_rgb(path), size))
+            crops.append(torch.from_numpy(uint8_to_float(adm_center_crop(decode_rgb(path), size))))
             names.append(str(path))
         except (OSError, ValueError, SyntaxError) as error:
             warnings.warn(f"skipping unreadable validation image {path}: {error}")
