@@ -1,4 +1,4 @@
-"""gsq-tokenize: tokenize a dataset into Parquet shards on Ray Data (one machine or a cluster), resumable.
+"""gsq-tokenize: tokenize a dataset into token shards, in this process or on Ray Data (a cluster), resumable.
 
     gsq-tokenize --model default --input photos/ --output tokens/
     gsq-tokenize --backend onnx --model out/default-onnx --input 'shards/train-{0000..0127}.tar' \\
@@ -53,6 +53,14 @@ PROG = "gsq-tokenize"
 @click.option("--input-format", default="auto", show_default=True, help="auto, folder, webdataset or parquet.")
 @click.option("--rows-per-shard", type=int, default=4096, show_default=True, help="Rows per Parquet shard (at least).")
 @click.option("--connect-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for --ray-address.")
+@click.option(
+    "--executor",
+    default="auto",
+    show_default=True,
+    help="local (the stages in this process), ray (Ray Data), or auto: ray with --ray-address / RAY_ADDRESS or a GPU backend, else local.",
+)
+@click.option("--format", "output_format", default="ours", show_default=True, help="ours, flexgen (flex_gen pretoken.py's Parquet) or jsonl (TiTok/RAR).")
+@click.option("--decoders", type=int, default=None, help="Decode + crop threads of the local executor [default: cores - 1, at least 1].")
 @click.option("--no-progress", is_flag=True, help="No progress line.")
 @click.option("--overwrite", is_flag=True, help="Replace the tokens already in --output.")
 @click.pass_context
@@ -77,8 +85,11 @@ def main_command(ctx: click.Context, **options: Any) -> None:
         rows_per_shard=options["rows_per_shard"],
         connect_timeout_s=options["connect_timeout"],
         progress=not options["no_progress"],
+        executor=options["executor"],
+        output_format=options["output_format"],
+        decoders=options["decoders"],
     )
-    for name in ("workers", "threads", "num_cpus", "rows_per_shard"):
+    for name in ("workers", "threads", "num_cpus", "rows_per_shard", "decoders"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} {value} must be >= 1")

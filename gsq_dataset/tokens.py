@@ -85,7 +85,21 @@ def read_tokens(
     tokenizer = manifest["tokenizer"]
     grouped = tokenizer.get("token_layout", "BHWG") == "BHWG"
     groups = int(tokenizer["num_group"]) if grouped else 1
+    dtype = np.dtype(tokenizer.get("token_dtype", "int32"))
     wanted = set(ids) if ids is not None else None
+    fmt = manifest.get("output_format", "ours")
+    if fmt != "ours":  # flexgen / jsonl files (gsq_dataset.formats)
+        from .formats import read_rows
+
+        count = 0
+        for sample_id, label, codes in read_rows(Path(folder), fmt, tokenizer.get("token_layout", "BHWG")):
+            if wanted is not None and sample_id not in wanted:
+                continue
+            if limit is not None and count >= limit:
+                return
+            yield TokenSample(sample_id, label, codes.astype(dtype))
+            count += 1
+        return
     count = 0
     for shard in shard_paths(folder):
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows):
@@ -101,7 +115,7 @@ def read_tokens(
                 if limit is not None and count >= limit:
                     return
                 shape = (height, width, groups) if grouped else (height, width)
-                codes = np.asarray(tokens, dtype=np.dtype(tokenizer.get("token_dtype", "int32")))
+                codes = np.asarray(tokens, dtype=dtype)
                 if codes.size != int(np.prod(shape)):
                     raise InputError(f"{shard}: {sample_id}: {codes.size} tokens for a {'x'.join(map(str, shape))} grid")
                 yield TokenSample(sample_id, label, codes.reshape(shape))
