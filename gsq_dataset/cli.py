@@ -46,7 +46,7 @@ PROG = "gsq-tokenize"
 @click.option("--backend", default="torch", show_default=True, help="torch, onnx, openvino or trt.")
 @click.option("--size", default="256", show_default=True, help="S: the ADM centre crop to SxS; 'native': images as they are.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per tokenizer call.")
-@click.option("--workers", type=int, default=None, help="Tokenizer actors [default: two per CPU node, or one per GPU].")
+@click.option("--workers", type=int, default=None, help="Tokenizer actors of the ray executor [default: two per CPU node, or one per GPU].")
 @click.option("--threads", type=int, default=None, help="Runtime threads per worker (CPU backends) [default: node cores / workers per node].")
 @click.option("--ray-address", default=None, help="Join this Ray cluster (HOST:PORT) [default: RAY_ADDRESS, else a local instance].")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
