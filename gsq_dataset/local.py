@@ -59,6 +59,8 @@ def run_local(
     backend, model, options, torch_threads = runtime_args
     blocks, todo = iter_source(inputs, done)
     clock = StageClock()
+    if todo == 0:  # nothing left: no model to load
+        return {"steady_images_per_s": None, "stages": None}
     failed_dir = str(run_dir / "failed")
     runtime = load_tokenizer_runtime(backend, model, options, torch_threads)
     bar = _bar(todo, progress)
