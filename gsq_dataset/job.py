@@ -377,10 +377,10 @@ def _run_local(
     from .local import run_local
 
     cores = len(os.sched_getaffinity(0))
-    node = [NodeResources(float(cores), 0.0)]
-    worker_plan = plan_workers(config.backend, config.backend_options, node, 1, config.threads) if not uses_gpu(
-        config.backend, config.backend_options
-    ) else WorkerPlan(1, 1.0, 1.0, config.threads, 0.0)
+    if uses_gpu(config.backend, config.backend_options):  # one runtime on the device (Ray spreads over several)
+        worker_plan = WorkerPlan(1, 1.0, 1.0, config.threads, 0.0)
+    else:  # one runtime with the machine's cores as threads (--threads)
+        worker_plan = plan_workers(config.backend, config.backend_options, [NodeResources(float(cores))], 1, config.threads)
     options, torch_threads = runtime_options(config.backend, config.backend_options, worker_plan)
     plan = LocalPlan(
         decoders=config.decoders or max(1, cores - 1),
