@@ -334,3 +334,51 @@ def test_commit_keeps_every_id_once_in_every_format(fmt, tmp_path):
     assert sorted(folder.committed_ids()) == ["a", "b", "c", "e"]  # once each
     assert folder.counts()["tokenized"] == 4
     folder.close()
+
+
+# -- the other inputs, in-process ----------------------------------------------------------------------
+def encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_local_webdataset_keeps_samples_before_a_cut_and_lists_the_shard(tiny_model, tmp_path):
+    import tarfile
+
+    blobs = [encoded(p, "PNG") for p in crops("chelsea", 8, seed=5)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for number, members in ((0, range(0, 4)), (1, range(4, 8))):
+        with tarfile.open(shards / f"train-{number}.tar", "w") as tar:
+            for index in members:
+                for name, data in ((f"s{index}.png", blobs[index]), (f"s{index}.cls", str(index % 3).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    damaged = shards / "train-1.tar"
+    with tarfile.open(damaged) as tar:
+        cut = tar.getmember("s6.png").offset_data + 50
+    damaged.write_bytes(damaged.read_bytes()[:cut])
+    out = tmp_path / "tokens"
+    summary = tokenize(tiny_model, shards, out)
+    samples = {s.id: s for s in read_tokens(out)}
+    assert sorted(samples) == [f"train-0.tar/s{i}" for i in range(4)] + ["train-1.tar/s4", "train-1.tar/s5"]
+    assert samples["train-0.tar/s2"].label == 2
+    failed = {json.loads(line)["id"] for line in (out / "_failed.jsonl").read_text().splitlines()}
+    assert failed == {"train-1.tar", "train-1.tar/s6"}
+    assert summary.executor == "local"
+
+
+def test_local_parquet_rows_with_ids_labels_and_a_garbage_row(tiny_model, tmp_path):
+    blobs = [encoded(p, "PNG") for p in crops("coffee", 4, seed=6)]
+    data = tmp_path / "hf"
+    data.mkdir()
+    images = [{"bytes": b, "path": None} for b in blobs] + [{"bytes": b"garbage", "path": None}]
+    pq.write_table(pa.table({"image": images, "label": [0, 1, None, 2, 1]}), data / "train-0.parquet", row_group_size=2)
+    out = tmp_path / "tokens"
+    tokenize(tiny_model, data, out)
+    samples = {s.id: s for s in read_tokens(out)}
+    assert sorted(samples) == [f"train-0.parquet/{r}" for r in range(4)]
+    assert [samples[f"train-0.parquet/{r}"].label for r in range(4)] == [0, 1, None, 2]
+    assert "corrupt" in (out / "_failed.jsonl").read_text() and "train-0.parquet/4" in (out / "_failed.jsonl").read_text()
