@@ -112,16 +112,20 @@ def row_count(folder: Path, fmt: str) -> int:
     return len(committed_ids(folder, fmt))
 
 
-def commit_table(folder: Path, fmt: str, table: pa.Table, name: str, layout: str) -> None:
+def commit_table(folder: Path, fmt: str, table: pa.Table, layout: str) -> None:
     """Write one staged table (already free of committed ids) into DST in the format, atomically."""
     if fmt == "flexgen":
         files = data_files(folder, fmt)
         number = int(FLEXGEN_NAME.match(files[-1].name).group(1)) + 1 if files else 0
-        shapes = [list(grid.shape) for grid in grids(table, layout)]
-        codes = [grid.reshape(-1, grid.shape[-1]) if layout == "BHWG" else grid for grid in grids(table, layout)]
+        table_grids = grids(table, layout)
+        shapes = [list(grid.shape) for grid in table_grids]
+        codes = [grid.reshape(-1, grid.shape[-1]) if layout == "BHWG" else grid for grid in table_grids]
         labels = [-1 if label is None else label for label in table.column("label").to_pylist()]
         out = pa.table(
-            {"label": pa.array(labels, pa.int32()), "image_codes": pa.array([c.tolist() for c in codes], FLEXGEN_SCHEMA.field(1).type)},
+            {
+                "label": pa.array(labels, pa.int32()),
+                "image_codes": pa.array([c.tolist() for c in codes], FLEXGEN_SCHEMA.field("image_codes").type),
+            },
             schema=FLEXGEN_SCHEMA.with_metadata(
                 {IDS_KEY: json.dumps(table.column("id").to_pylist()).encode(), GRIDS_KEY: json.dumps(shapes).encode()}
             ),

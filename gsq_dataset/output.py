@@ -220,7 +220,8 @@ class OutputFolder:
             return
         if self.format != "ours":  # the staged rows, less the committed ids, in the folder's format
             table = pq.read_table(staged)
-            formats.commit_table(self.path, self.format, table if len(fresh) == len(ids) else table.take(pa.array(fresh)), staged.name, self.layout)
+            kept = table if len(fresh) == len(ids) else table.take(pa.array(fresh))
+            formats.commit_table(self.path, self.format, kept, self.layout)
             result.shards += 1
             result.rows += len(fresh)
             return
