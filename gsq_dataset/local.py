@@ -62,7 +62,7 @@ def run_local(
     if todo == 0:  # nothing left: no model to load
         return {"steady_images_per_s": None, "stages": None}
     failed_dir = str(run_dir / "failed")
-    runtime = load_tokenizer_runtime(backend, model, options, torch_threads)
+    runtime: Any = None
     bar = _bar(todo, progress)
     counts = {"tokenized": 0, "failed": 0}
     first_batch: tuple[float, int] | None = None  # (finished, images) of the first tokenizer call
@@ -104,7 +104,8 @@ def run_local(
                     last_finished = finished
                 shard.add(encoded.table)
 
-            top_up()
+            top_up()  # the decoders start on the first batch while the model loads
+            runtime = load_tokenizer_runtime(backend, model, options, torch_threads)
             while jobs:
                 prepared = jobs.popleft().result()
                 top_up()
@@ -121,7 +122,7 @@ def run_local(
             shard.close()
     finally:
         bar.close()
-        close = getattr(runtime, "close", None)
+        close = getattr(runtime, "close", None) if runtime is not None else None
         if close is not None:
             close()
     steady = None
