@@ -1,4 +1,4 @@
-"""gsq_dataset: tokenize whole datasets into Parquet shards (gsq-tokenize, on Ray Data) and read them back.
+"""gsq_dataset: tokenize whole datasets into token shards (gsq-tokenize, in-process or on Ray Data) and read them back.
 
     gsq-tokenize --model default --input photos/ --output tokens/       # or python -m gsq_dataset
 

@@ -1,4 +1,4 @@
-"""gsq-tokenize: tokenize a dataset into Parquet shards on Ray Data (one machine or a cluster), resumable.
+"""gsq-tokenize: tokenize a dataset into token shards, in this process or on Ray Data (a cluster), resumable.
 
     gsq-tokenize --model default --input photos/ --output tokens/
     gsq-tokenize --backend onnx --model out/default-onnx --input 'shards/train-{0000..0127}.tar' \\
@@ -47,13 +47,21 @@ PROG = "gsq-tokenize"
 @click.option("--backend", type=backend_choice(), default="torch", show_default=True, help="The runtime that tokenizes.")
 @click.option("--size", default="256", show_default=True, help="S: the ADM centre crop to SxS; 'native': images as they are.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per tokenizer call.")
-@click.option("--workers", type=int, default=None, help="Tokenizer actors [default: two per CPU node, or one per GPU].")
+@click.option("--workers", type=int, default=None, help="Tokenizer actors of the ray executor [default: two per CPU node, or one per GPU].")
 @click.option("--threads", type=int, default=None, help="Runtime threads per worker (CPU backends) [default: node cores / workers per node].")
 @click.option("--ray-address", default=None, help="Join this Ray cluster (HOST:PORT) [default: RAY_ADDRESS, else a local instance].")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
 @click.option("--input-format", default="auto", show_default=True, help="auto, folder, webdataset or parquet.")
 @click.option("--rows-per-shard", type=int, default=4096, show_default=True, help="Rows per Parquet shard (at least).")
 @click.option("--connect-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for --ray-address.")
+@click.option(
+    "--executor",
+    default="auto",
+    show_default=True,
+    help="local (the stages in this process), ray (Ray Data), or auto: ray with --ray-address / RAY_ADDRESS or a GPU backend, else local.",
+)
+@click.option("--format", "output_format", default="ours", show_default=True, help="ours, flexgen (flex_gen pretoken.py's Parquet) or jsonl (TiTok/RAR).")
+@click.option("--decoders", type=int, default=None, help="Decode + crop threads of the local executor [default: cores - 1, at least 1].")
 @click.option("--no-progress", is_flag=True, help="No progress line.")
 @click.option("--overwrite", is_flag=True, help="Replace the tokens already in --output.")
 @click.pass_context
@@ -78,8 +86,11 @@ def main_command(ctx: click.Context, **options: Any) -> None:
         rows_per_shard=options["rows_per_shard"],
         connect_timeout_s=options["connect_timeout"],
         progress=not options["no_progress"],
+        executor=options["executor"],
+        output_format=options["output_format"],
+        decoders=options["decoders"],
     )
-    for name in ("workers", "threads", "num_cpus", "rows_per_shard"):
+    for name in ("workers", "threads", "num_cpus", "rows_per_shard", "decoders"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} {value} must be >= 1")

@@ -17,7 +17,9 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, TextIO
 
 from gsq_core.errors import GSQError, first_line
 
@@ -36,9 +38,65 @@ def ray_address(option: str | None) -> str | None:
     return option or os.environ.get("RAY_ADDRESS") or None
 
 
+@dataclass
+class RaySession:
+    """An open Ray connection: the alive nodes, and the terminal (Ray's own output goes to the log)."""
+
+    nodes: list[NodeResources]
+    console: TextIO
+
+
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None, timeout_s: float = 30.0) -> Iterator[list[NodeResources]]:
-    """Ray connected (local instance or cluster) for the duration; yields the alive nodes' resources."""
+def ray_session(
+    address: str | None, num_cpus: int | None = None, timeout_s: float = 30.0, log_path: Path | None = None
+) -> Iterator[RaySession]:
+    """Ray connected (local instance or cluster) for the duration. With log_path, everything written
+    to this process's stdout and stderr meanwhile (Ray's C++ core worker lines, its Python warnings,
+    the workers' forwarded output) goes to that file; the last lines are shown when the run fails."""
+    if address is not None:
+        check_address_answers(address, timeout_s)
+    with _output_to(log_path) as console:
+        with _connected(address, num_cpus, timeout_s, console):
+            yield RaySession(alive_nodes(), console)
+
+
+@contextmanager
+def _output_to(log_path: Path | None, tail_lines: int = 20) -> Iterator[TextIO]:
+    """File descriptors 1 and 2 redirected to log_path for the duration; yields a stream to the terminal."""
+    if log_path is None:
+        yield sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    console = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    failed = False
+    try:
+        yield console
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in saved:
+            os.close(descriptor)
+        console.close()
+        if failed:
+            lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()[-tail_lines:]
+            if lines:
+                sys.stderr.write(f"Ray's log ({log_path}), last lines:\n" + "\n".join(lines) + "\n")
+                sys.stderr.flush()
+
+
+@contextmanager
+def _connected(address: str | None, num_cpus: int | None, timeout_s: float, console: TextIO) -> Iterator[None]:
+    """ray.init on a local instance (address None) or the cluster at address; ray.shutdown after."""
     temp_dir = None
     if address is None:
         os.environ.update(LOOPBACK_ENV)  # for this process and the local instance it starts
@@ -53,7 +111,6 @@ def ray_session(address: str | None, num_cpus: int | None = None, timeout_s: flo
     else:
         if num_cpus is not None:
             raise ClusterError("--num-cpus sizes a local Ray instance; a cluster's nodes set theirs with `ray start`")
-        check_address_answers(address, timeout_s)
         if is_loopback(address):  # a cluster on this machine, started with the same settings (docs/tokenize.md)
             for key, value in LOOPBACK_ENV.items():
                 os.environ.setdefault(key, value)
@@ -61,12 +118,12 @@ def ray_session(address: str | None, num_cpus: int | None = None, timeout_s: flo
     import ray  # only now: Ray reads the settings above when it is imported
 
     try:
-        with _deadline(timeout_s if address is not None else max(timeout_s, 120.0), address):
+        with _deadline(timeout_s if address is not None else max(timeout_s, 120.0), address, console):
             ray.init(configure_logging=False, logging_level=logging.WARNING, log_to_driver=True, **init_kwargs)
     except ConnectionError as error:
         raise ClusterError(f"--ray-address {address}: cannot connect ({first_line(error)})") from None
     try:
-        yield alive_nodes()
+        yield
     finally:
         ray.shutdown()
         if temp_dir is not None:
@@ -107,13 +164,13 @@ def check_address_answers(address: str, timeout_s: float) -> None:
 
 
 @contextmanager
-def _deadline(timeout_s: float, address: str | None) -> Iterator[None]:
+def _deadline(timeout_s: float, address: str | None, console: TextIO) -> Iterator[None]:
     """ray.init cannot be cancelled: if it has not returned in time, end the process with one error line."""
 
     def give_up() -> None:
         where = address or "the local Ray instance"
-        sys.stderr.write(f"error: {where}: Ray did not connect within {timeout_s:g} s\n")
-        sys.stderr.flush()
+        console.write(f"error: {where}: Ray did not connect within {timeout_s:g} s\n")
+        console.flush()
         os._exit(2)
 
     timer = threading.Timer(timeout_s + 5.0, give_up)

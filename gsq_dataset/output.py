@@ -5,6 +5,7 @@
     DST/_failed.jsonl      one {"id", "reason"} line per sample that could not be tokenized
     DST/_staging/<run>/    what a run writes before it commits (shards/ from Ray, failed/ from workers)
     DST/_lock              held (flock) by the run writing here
+    DST/_logs/             Ray's own log lines of each run on Ray (shown on failure)
 
 Names starting with "_" are skipped by pyarrow's and Hugging Face datasets' file discovery, so the
 folder reads as a Parquet dataset with nothing of ours installed. A shard is committed by renaming
@@ -32,11 +33,14 @@ import pyarrow.parquet as pq
 
 from gsq_core.outputs import OutputError, writable_folder
 
-from .tokens import MANIFEST_NAME, shard_paths
+from . import formats
+from .formats import FORMATS, committed_ids, data_files, row_count
+from .tokens import MANIFEST_NAME
 
 FAILED_NAME = "_failed.jsonl"
 STAGING_NAME = "_staging"
 LOCK_NAME = "_lock"
+LOGS_NAME = "_logs"
 MANIFEST_FORMAT = "gsq-tokens"
 MANIFEST_VERSION = 1
 
@@ -55,8 +59,10 @@ class CommitResult:
 class OutputFolder:
     """DST on a local or shared filesystem (every Ray node must see the same path)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, fmt: str = "ours", layout: str = "BHWG"):
         self.path = Path(path).absolute()
+        self.format = fmt  # gsq_dataset.formats: how committed tokens are stored
+        self.layout = layout  # the tokenizer's token layout (BHWG or BHW), for the other formats' nesting
         self._lock_handle: TextIO | None = None
 
     # -- paths ------------------------------------------------------------------------------------
@@ -73,8 +79,8 @@ class OutputFolder:
         return self.path / STAGING_NAME
 
     def shard_paths(self) -> list[Path]:
-        """Committed token shards, sorted by name."""
-        return shard_paths(self.path)
+        """Committed token files of this folder's format, in order."""
+        return data_files(self.path, self.format)
 
     def new_run_dir(self) -> Path:
         """A fresh staging folder for this run's shards and failure records."""
@@ -83,6 +89,12 @@ class OutputFolder:
         (run_dir / "failed").mkdir()
         return run_dir
 
+    def new_log_path(self) -> Path:
+        """Where this run's Ray logs go (DST/_logs/<time>-<id>.log; kept, and shown on failure)."""
+        folder = self.path / LOGS_NAME
+        folder.mkdir(exist_ok=True)
+        return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.log"
+
     # -- opening ----------------------------------------------------------------------------------
     def open(self, overwrite: bool) -> None:
         """Create DST (or check it is ours), take the run lock, and with overwrite empty it."""
@@ -90,7 +102,7 @@ class OutputFolder:
             raise OutputError(f"{self.path}: exists and is not a folder")
         ours = self.manifest_path.is_file()
         if self.path.is_dir() and not ours:
-            entries = [entry.name for entry in self.path.iterdir() if entry.name not in (LOCK_NAME, STAGING_NAME)]
+            entries = [entry.name for entry in self.path.iterdir() if entry.name not in (LOCK_NAME, STAGING_NAME, LOGS_NAME)]
             if entries:
                 raise OutputError(
                     f"{self.path}: is not empty and holds no {MANIFEST_NAME} (not a gsq-tokenize output); "
@@ -130,8 +142,9 @@ class OutputFolder:
             self._lock_handle = None
 
     def _clear(self) -> None:
-        for shard in self.shard_paths():
-            shard.unlink()
+        for fmt in FORMATS:
+            for shard in data_files(self.path, fmt):
+                shard.unlink()
         for name in (FAILED_NAME, MANIFEST_NAME):
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.staging_path, ignore_errors=True)
@@ -156,10 +169,7 @@ class OutputFolder:
     # -- committed state --------------------------------------------------------------------------
     def committed_ids(self) -> list[str]:
         """Ids in the committed shards, in shard order."""
-        ids: list[str] = []
-        for shard in self.shard_paths():
-            ids.extend(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
-        return ids
+        return committed_ids(self.path, self.format)
 
     def failures(self) -> dict[str, str]:
         """id -> reason for every listed failed sample."""
@@ -171,9 +181,7 @@ class OutputFolder:
 
     def counts(self) -> dict[str, int]:
         """Committed rows, shards and listed failures."""
-        shards = self.shard_paths()
-        rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
-        return {"tokenized": rows, "shards": len(shards), "failed": len(self.failures())}
+        return {"tokenized": row_count(self.path, self.format), "shards": len(self.shard_paths()), "failed": len(self.failures())}
 
     # -- commit -----------------------------------------------------------------------------------
     def commit_staging(self) -> CommitResult:
@@ -209,6 +217,13 @@ class OutputFolder:
         seen.update(ids[i] for i in fresh)
         result.dropped_duplicates += len(ids) - len(fresh)
         if not fresh:
+            return
+        if self.format != "ours":  # the staged rows, less the committed ids, in the folder's format
+            table = pq.read_table(staged)
+            kept = table if len(fresh) == len(ids) else table.take(pa.array(fresh))
+            formats.commit_table(self.path, self.format, kept, self.layout)
+            result.shards += 1
+            result.rows += len(fresh)
             return
         target = self.path / staged.name
         if len(fresh) == len(ids):

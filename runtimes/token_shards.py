@@ -12,17 +12,26 @@ The shards are plain Parquet: `pyarrow.dataset.dataset(DST, format="parquet")` a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gsq_core.errors import InputError
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 MANIFEST_NAME = "_manifest.json"
 TOKEN_COLUMNS = ("id", "label", "tokens", "token_height", "token_width")
+# the other --format files (gsq_dataset.formats writes them; the layouts are described there)
+FLEXGEN_SPLIT = "train"
+FLEXGEN_NAME = re.compile(rf"^{FLEXGEN_SPLIT}_shard_(\d+)\.parquet$")
+JSONL_NAME = "pretokenized.jsonl"
+IDS_KEY, GRIDS_KEY = b"gsq.ids", b"gsq.grids"
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,18 @@ def read_tokens(
     grouped = tokenizer.get("token_layout", "BHWG") == "BHWG"
     groups = int(tokenizer["num_group"]) if grouped else 1
     wanted = set(ids) if ids is not None else None
+    dtype = np.dtype(tokenizer.get("token_dtype", "int32"))
+    fmt = manifest.get("output_format", "ours")
     count = 0
+    if fmt != "ours":  # gsq-tokenize --format flexgen / jsonl
+        for sample_id, label, codes in read_rows(Path(folder), fmt, tokenizer.get("token_layout", "BHWG")):
+            if wanted is not None and sample_id not in wanted:
+                continue
+            if limit is not None and count >= limit:
+                return
+            yield TokenSample(sample_id, label, codes.astype(dtype))
+            count += 1
+        return
     for shard in shard_paths(folder):
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows):
             columns = batch.to_pydict() if wanted is None else None
@@ -82,8 +102,56 @@ def read_tokens(
                 if limit is not None and count >= limit:
                     return
                 shape = (height, width, groups) if grouped else (height, width)
-                codes = np.asarray(tokens, dtype=np.dtype(tokenizer.get("token_dtype", "int32")))
+                codes = np.asarray(tokens, dtype=dtype)
                 if codes.size != int(np.prod(shape)):
                     raise InputError(f"{shard}: {sample_id}: {codes.size} tokens for a {'x'.join(map(str, shape))} grid")
                 yield TokenSample(sample_id, label, codes.reshape(shape))
                 count += 1
+
+
+def grids(table: pa.Table, layout: str) -> list[np.ndarray]:
+    """The token grids of a staged table ([h, w, G], or [h, w] for plain VQ), int32."""
+    heights = table.column("token_height").to_pylist()
+    widths = table.column("token_width").to_pylist()
+    tokens = table.column("tokens").combine_chunks()
+    values = tokens.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = tokens.offsets.to_numpy()
+    out = []
+    for row, (height, width) in enumerate(zip(heights, widths)):
+        flat = values[offsets[row] : offsets[row + 1]]
+        out.append(flat.reshape(height, width, -1) if layout == "BHWG" else flat.reshape(height, width))
+    return out
+
+
+def data_files(folder: Path, fmt: str) -> list[Path]:
+    """The committed token files of DST in this format (ours, flexgen or jsonl), in order."""
+    if fmt == "ours":
+        return shard_paths(folder)
+    if fmt == "flexgen":
+        found = [(int(m.group(1)), p) for p in folder.glob("*.parquet") if (m := FLEXGEN_NAME.match(p.name))]
+        return [path for _, path in sorted(found)]
+    path = folder / JSONL_NAME
+    return [path] if path.is_file() else []
+
+
+def read_rows(folder: Path, fmt: str, layout: str) -> Iterator[tuple[str, int | None, np.ndarray]]:
+    """(id, label or None, token grid [h, w, G] / [h, w]) of every committed row, in file order."""
+    import pyarrow.parquet as pq
+
+    for path in data_files(folder, fmt):
+        if fmt == "ours":
+            table = pq.read_table(path)
+            for sample_id, label, grid in zip(table.column("id").to_pylist(), table.column("label").to_pylist(), grids(table, layout)):
+                yield sample_id, label, grid
+        elif fmt == "flexgen":
+            table = pq.read_table(path)
+            metadata = table.schema.metadata
+            ids, shapes = json.loads(metadata[IDS_KEY]), json.loads(metadata[GRIDS_KEY])
+            for sample_id, label, codes, shape in zip(ids, table.column("label").to_pylist(), table.column("image_codes").to_pylist(), shapes):
+                yield sample_id, (None if label < 0 else label), np.asarray(codes, np.int32).reshape(shape)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    entry = json.loads(line)
+                    label = entry["class_id"]
+                    yield entry["id"], (None if label < 0 else label), np.asarray(entry["tokens"], np.int32)

@@ -202,6 +202,17 @@ def test_folder_every_image_once_with_its_class_and_failures_listed(folder_run, 
     assert manifest["counts"] == {"tokenized": len(expected), "shards": len(list(out.glob("*.parquet"))), "failed": 2}
     assert manifest["tokenizer"]["num_embed"] == 1024 and manifest["preprocessing"]["size"] == SIZE
     assert manifest["runs"][-1]["workers"]["workers"] == 2
+    assert manifest["runs"][-1]["executor"] == "ray" and "executor: ray (auto: the Ray cluster at" in result.stdout
+
+
+def test_a_healthy_ray_run_prints_no_ray_log_lines(folder_run):
+    """Ray's own lines (its core worker's `E ... core_worker.cc` about actor constructor arguments,
+    Ray Data's warnings) go to the run's log file under DST/_logs, not to the terminal."""
+    out, result = folder_run
+    assert_ok(result)
+    assert result.stderr.strip() == "", result.stderr
+    logs = list((out / "_logs").glob("*.log"))
+    assert len(logs) == 1
 
 
 def test_folder_tokens_equal_eager_encode_of_the_documented_preprocessing(folder_run, photo_folder):
