@@ -166,9 +166,10 @@ def check_resumable(directory: Path, state: dict, config: TrainConfig) -> None:
         raise RunError(f"{directory}: the checkpoint's model differs from the config's model; "
                        "resume with the same model config")
     wanted, saved = run_facts(config, 1)["discriminator"], state.get("discriminator")
-    if wanted != saved:
-        raise RunError(f"{directory}: its discriminator {saved} (channels, layers) differs from the config's {wanted}; "
-                       "resume with the same loss.adversarial_weight > 0, disc_channels and disc_layers")
+    if wanted is not None and wanted != saved:  # a saved discriminator the config no longer trains is left unread
+        found = "has no discriminator state" if saved is None else f"its discriminator (channels, layers) is {saved}"
+        raise RunError(f"{directory}: {found}, but the config trains {wanted}; resume with the same "
+                       "loss.disc_channels and loss.disc_layers")
 
 
 def load_initial_weights(generator: GSQTokenizer, source: str, config: TrainConfig) -> None:
