@@ -278,7 +278,7 @@ def checkpoint_unwrapped_weights(accelerator: Accelerator) -> None:
     def load_hook(models: list, input_dir: str) -> None:
         for index, model in enumerate(models):
             name = "model.safetensors" if index == 0 else f"model_{index}.safetensors"
-            load_model(accelerator.unwrap_model(model), os.path.join(input_dir, name), device=str(accelerator.device))
+            load_model(accelerator.unwrap_model(model), os.path.join(input_dir, name))  # via CPU, copied in place
         models.clear()  # loaded: accelerate loads the rest (optimizers, schedulers, scaler, RNG, registered objects)
 
     accelerator.register_save_state_pre_hook(save_hook)
