@@ -4,7 +4,6 @@ so) or stops in one line; launched runs end with the script's own line and exit 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from pathlib import Path
 
@@ -12,21 +11,24 @@ import pytest
 import torch
 from hostile_support import REPO, assert_one_line_error, photo, run_cli, save
 
+from train_support import tiny_accelerated_run, train_in_process
+
 from gsq_core import CheckpointError
 from train import checkpointing
 
 SMOKE = REPO / "train" / "configs" / "smoke.yaml"
 
 
-def write_checkpoint(root: Path, step: int) -> None:
-    partial = checkpointing.partial_directory(root, step)
-    partial.mkdir(parents=True)
-    checkpointing.save_tensors(partial / "generator.safetensors", {"w": torch.full((2,), float(step))})
-    checkpointing.save_tensors(partial / "ema.safetensors", {"w": torch.zeros(2)})
-    checkpointing.save_torch_state(partial / "optimizer_generator.pt", {"state": {}, "param_groups": []})
-    checkpointing.write_json(partial / "rng_rank0.json", checkpointing.rng_state())
-    checkpointing.write_json(partial / checkpointing.STATE, {"step": step})
-    checkpointing.publish(root, step, keep=3)
+def write_checkpoints(root: Path, steps: tuple[int, ...] = (1, 2)):
+    """Checkpoints of a tiny accelerated run whose weights hold the step number; returns its model."""
+    accelerator, model, _ = tiny_accelerated_run()
+    for step in steps:
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        checkpointing.save(accelerator, root, step, {}, keep=3)
+    with torch.no_grad():
+        model.weight.zero_()
+    return accelerator, model
 
 
 def truncate(path: Path) -> None:
@@ -35,40 +37,49 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+class Unsafe(dict):
+    """A valid progress state, pickled by reference: an unpickler that imports classes (weights_only=False,
+    as accelerate loads registered objects) accepts it, and could as well run code."""
+
+
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda d: truncate(d / "generator.safetensors"),
-        lambda d: truncate(d / "optimizer_generator.pt"),
+        lambda d: truncate(d / "model.safetensors"),
+        lambda d: truncate(d / "optimizer.bin"),
         lambda d: (d / checkpointing.STATE).write_text('{"step": "three"}'),
-        lambda d: (d / "rng_rank0.json").write_text("{"),
+        lambda d: (d / "random_states_0.pkl").write_bytes(b"garbage"),  # accelerate itself ignores it
+        lambda d: (d / "scheduler.bin").unlink(),
+        lambda d: checkpointing.write_json(d / checkpointing.STATE, {  # consistent manifest, unsafe pickle
+            **json.loads((d / checkpointing.STATE).read_text()),
+            "files": (torch.save(Unsafe(step=2, batches=2, skipped_images=0), d / "custom_checkpoint_1.pkl"), checkpointing.manifest(d))[1]}),
     ],
-    ids=["truncated-weights", "truncated-optimizer", "state-wrong-type", "rng-garbage"],
+    ids=["truncated-weights", "truncated-optimizer", "state-wrong-type", "rng-garbage", "missing-scheduler",
+         "unsafe-registered-state"],
 )
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
-    for step in (1, 2):
-        write_checkpoint(tmp_path, step)
+    accelerator, model = write_checkpoints(tmp_path)
     damage(checkpointing.step_directory(tmp_path, 2))
-    loaded, notes = checkpointing.load_resume_state(tmp_path, rank=0)
-    assert loaded.state["step"] == 1 and float(loaded.generator["w"][0]) == 1.0
+    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    assert state["step"] == 1 and directory == checkpointing.step_directory(tmp_path, 1)
+    assert float(model.weight.detach()[0, 0]) == 1.0
     assert "step_00000002 is damaged" in notes[0] and "resuming from step_00000001" in notes[-1]
 
 
 def test_unreadable_latest_pointer_falls_back_to_the_newest_complete_step(tmp_path):
-    for step in (1, 2):
-        write_checkpoint(tmp_path, step)
+    accelerator, model = write_checkpoints(tmp_path)
     (checkpointing.checkpoint_root(tmp_path) / checkpointing.LATEST).write_text("{not json")
-    loaded, notes = checkpointing.load_resume_state(tmp_path, rank=0)
-    assert loaded.state["step"] == 2
+    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    assert state["step"] == 2 and float(model.weight.detach()[0, 0]) == 2.0
     assert "latest.json" in notes[0]
 
 
 def test_every_checkpoint_damaged_is_one_error_with_every_reason(tmp_path):
+    accelerator, _ = write_checkpoints(tmp_path)
     for step in (1, 2):
-        write_checkpoint(tmp_path, step)
-        truncate(checkpointing.step_directory(tmp_path, step) / "ema.safetensors")
+        truncate(checkpointing.step_directory(tmp_path, step) / "custom_checkpoint_0.pkl")
     with pytest.raises(CheckpointError, match="no usable checkpoint") as caught:
-        checkpointing.load_resume_state(tmp_path, rank=0)
+        checkpointing.load_resume_state(accelerator, tmp_path)
     assert "step_00000002" in str(caught.value) and "step_00000001" in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -85,18 +96,18 @@ def train_args(photos: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", str(SMOKE), "--data", str(photos), "--output-dir", str(out), *extra]
 
 
-def test_resume_with_a_truncated_latest_checkpoint_says_so_and_continues(photos, tmp_path):
+def test_resume_with_a_truncated_latest_checkpoint_says_so_and_continues(photos, tmp_path, capsys):
     out = tmp_path / "run"
-    first = run_cli(["train/main.py", *train_args(photos, out, "--max-steps", "2", "log.checkpoint_every=1")])
-    assert first.returncode == 0, first.stderr[-2000:]
-    truncate(checkpointing.step_directory(out, 2) / "generator.safetensors")
-    resumed = run_cli(["train/main.py", *train_args(photos, out, "--max-steps", "3", "log.checkpoint_every=1", "--resume")])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "warning: step_00000002 is damaged" in resumed.stdout
-    assert "resumed from step 1" in resumed.stdout
+    train_in_process(*train_args(photos, out, "--max-steps", "2", "log.checkpoint_every=1", "log.val_every=100"))
+    truncate(checkpointing.step_directory(out, 2) / "model.safetensors")
+    capsys.readouterr()
+    train_in_process(*train_args(photos, out, "--max-steps", "3", "log.checkpoint_every=1", "log.val_every=100", "--resume"))
+    resumed = capsys.readouterr().out
+    assert "warning: step_00000002 is damaged" in resumed
+    assert "resumed from step 1" in resumed
     assert json.loads((checkpointing.checkpoint_root(out) / "latest.json").read_text())["step"] == 3
     for step in checkpointing.list_complete(out):  # now nothing usable: one line, exit 2
-        truncate(checkpointing.step_directory(out, step) / "ema.safetensors")
+        truncate(checkpointing.step_directory(out, step) / "custom_checkpoint_0.pkl")
     failed = run_cli(["train/main.py", *train_args(photos, out, "--max-steps", "4", "--resume")])
     error = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     assert failed.returncode == 2 and len(error) == 1 and "no usable checkpoint" in error[0]

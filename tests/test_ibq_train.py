@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import IBQ
+from train_support import train_in_process
 
 ROOT = Path(__file__).parents[1]
 IBQ_SMOKE = ROOT / "train" / "configs" / "ibq_smoke.yaml"
@@ -64,16 +65,14 @@ def test_index_backpropagation_reaches_every_code_and_matches_upstreams_objectiv
     assert torch.equal(output.codes.reshape(-1), logits.argmax(dim=1))
 
 
-def test_tiny_ibq_run_resumes_and_exports(tmp_path):
+def test_tiny_ibq_run_resumes_and_exports(tmp_path, capsys):
     data = IBQ / "ibq_tiny_f4_k1024_images"  # six real photos (astronaut, coffee, chelsea)
     out = tmp_path / "run"
-    command = [sys.executable, "train/main.py", "--config", str(IBQ_SMOKE), "--data", str(data), "--output-dir", str(out)]
-    first = _run([*command, "--max-steps", "2"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "model: ibq IBQ f4" in first.stdout
-    resumed = _run([*command, "--max-steps", "3", "--resume"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from step 2" in resumed.stdout
+    command = ["--config", str(IBQ_SMOKE), "--data", str(data), "--output-dir", str(out)]
+    train_in_process(*command, "--max-steps", "2")
+    assert "model: ibq IBQ f4" in capsys.readouterr().out
+    train_in_process(*command, "--max-steps", "3", "--resume")
+    assert "resumed from step 2" in capsys.readouterr().out
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 3
 
     from gsq_core import load_tokenizer

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from gsq_core.errors import CheckpointError, ConfigError
+from train_support import fresh_accelerate_state, tiny_accelerated_run, train_in_process
 
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "train" / "configs" / "smoke.yaml"
@@ -117,18 +118,18 @@ def test_bad_config_is_a_one_line_error(image_folder, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_single_process_run_on_tar_shards_holds_out_the_last_shard(tmp_path):
+def test_single_process_run_on_tar_shards_holds_out_the_last_shard(tmp_path, capsys):
     shards = _write_shards(tmp_path / "shards", 3, 3)
     out = tmp_path / "run"
-    result = _run([sys.executable, "train/main.py", "--config", str(SMOKE), "--data", str(shards[0].parent),
-                   "--output-dir", str(out), "--max-steps", "2", "data.format=shards", "loss.adversarial_weight=0"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "world_size=1" in result.stdout
-    assert "2 training shards" in result.stdout and "shard-00002.tar held out for validation" in result.stdout
+    train_in_process("--config", str(SMOKE), "--data", str(shards[0].parent), "--output-dir", str(out),
+                     "--max-steps", "2", "data.format=shards", "loss.adversarial_weight=0")
+    stdout = capsys.readouterr().out
+    assert "world_size=1" in stdout
+    assert "2 training shards" in stdout and "shard-00002.tar held out for validation" in stdout
     assert (out / "model.safetensors").is_file() and (out / "samples" / "step_00000002.png").is_file()
 
 
-def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_another_model(image_folder, tmp_path):
+def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_another_model(image_folder, tmp_path, capsys):
     from gsq_core import load_tokenizer
     from gsq_core.model import GSQTokenizer
     from train.config import load_config
@@ -137,11 +138,9 @@ def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_another_mod
     trained = GSQTokenizer(load_config(SMOKE).tokenizer_config())
     start = trained.save(tmp_path / "trained.safetensors")
     out = tmp_path / "run"
-    result = _run([sys.executable, "train/main.py", "--config", str(SMOKE), "--data", str(image_folder),
-                   "--output-dir", str(out), "--max-steps", "1", "--init-from", str(start),
-                   "optim.lr=1e-12", "loss.adversarial_weight=0"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"initialised from {start}" in result.stdout
+    train_in_process("--config", str(SMOKE), "--data", str(image_folder), "--output-dir", str(out), "--max-steps", "1",
+                     "--init-from", str(start), "optim.lr=1e-12", "loss.adversarial_weight=0")
+    assert f"initialised from {start}" in capsys.readouterr().out
     final = load_tokenizer(out / "model.safetensors").state_dict()
     for name, value in trained.state_dict().items():
         assert torch.allclose(final[name], value, atol=1e-6), name
@@ -178,6 +177,13 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(10, config) == pytest.approx(1.0)
     assert lr_factor(100, config) == pytest.approx(0.1)
     assert lr_factor(55, config) == pytest.approx(0.55)
+    # train/main.py drives it as a LambdaLR stepped once per optimizer step: the same values
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    for step in range(101):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * lr_factor(step, config), rel=1e-12)
+        optimizer.step()
+        scheduler.step()
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -270,47 +276,143 @@ def test_shard_stream_splits_shards_between_processes(tmp_path):
 def test_killed_checkpoint_write_leaves_the_previous_latest(tmp_path):
     from train import checkpointing
 
-    def write(step: int) -> None:
-        partial = checkpointing.partial_directory(tmp_path, step)
-        partial.mkdir(parents=True)
-        checkpointing.save_tensors(partial / "generator.safetensors", {"w": torch.full((2,), float(step))})
-        checkpointing.save_tensors(partial / "ema.safetensors", {"w": torch.zeros(2)})
-        checkpointing.save_torch_state(partial / "optimizer_generator.pt", {"state": {}, "param_groups": []})
-        checkpointing.write_json(partial / "rng_rank0.json", checkpointing.rng_state())
-        checkpointing.write_json(partial / checkpointing.STATE, {"step": step})
-
-    write(2)
-    checkpointing.publish(tmp_path, 2, keep=2)
-    # A run killed while writing step 4: partial files, never published.
-    partial = checkpointing.partial_directory(tmp_path, 4)
+    accelerator, model, _ = tiny_accelerated_run()
+    for step in (2, 4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        checkpointing.save(accelerator, tmp_path, step, {}, keep=2)
+    # A run killed while writing step 6: partial files, never published.
+    partial = checkpointing.partial_directory(tmp_path, 6)
     partial.mkdir()
-    (partial / "generator.safetensors").write_bytes(b"\x00" * 10)
-    latest = checkpointing.latest_checkpoint(tmp_path)
-    assert latest == checkpointing.step_directory(tmp_path, 2)
-    loaded = checkpointing.load_checkpoint(latest, rank=0)
-    assert loaded.state["step"] == 2 and float(loaded.generator["w"][0]) == 2.0
-    torch.manual_seed(5)
-    expected = torch.rand(3)
-    torch.manual_seed(5)
-    checkpointing.restore_rng_state(checkpointing.rng_state())
-    assert torch.equal(torch.rand(3), expected)
+    (partial / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert checkpointing.latest_checkpoint(tmp_path) == checkpointing.step_directory(tmp_path, 4)
+    assert checkpointing.list_complete(tmp_path) == [2, 4]
+    with torch.no_grad():
+        model.weight.zero_()
+    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    assert directory == checkpointing.step_directory(tmp_path, 4) and state["step"] == 4 and notes == []
+    assert float(model.weight.detach()[0, 0]) == 4.0
     # Later checkpoints replace the leftover partial one and prune old steps.
-    for step in (4, 6, 8):
-        import shutil
-
-        shutil.rmtree(checkpointing.partial_directory(tmp_path, step), ignore_errors=True)
-        write(step)
-        checkpointing.publish(tmp_path, step, keep=2)
+    for step in (6, 8):
+        checkpointing.save(accelerator, tmp_path, step, {}, keep=2)
     assert checkpointing.list_complete(tmp_path) == [6, 8]
+    assert not checkpointing.partial_directory(tmp_path, 6).exists()
     (checkpointing.checkpoint_root(tmp_path) / "latest.json").write_text('{"step": 8, "directory": "step_00000099"}')
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         checkpointing.latest_checkpoint(tmp_path)
 
 
+# -- exact resume ---------------------------------------------------------------------------------
+def _assert_same(a, b, where: str, exact: bool) -> None:
+    """Equal nested checkpoint contents: tensors bitwise (exact) or within a tight tolerance."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        if exact or not a.is_floating_point():
+            assert torch.equal(a, b), where
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=where)
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]", exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{index}]", exact)
+    elif isinstance(a, float) and not exact:
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+def _read_state_file(path: Path):
+    from accelerate.utils import load
+    from safetensors.torch import load_file
+
+    return load_file(path) if path.suffix == ".safetensors" else load(path, map_location="cpu", weights_only=False)
+
+
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "fp16 mixed precision needs CUDA in accelerate (it makes no GradScaler on CPU); the scaler's "
+    "checkpointing is tested on CPU by test_grad_scaler_state_is_saved_and_restored"))
+
+
+@pytest.mark.parametrize("precision, accum", [("no", 2), ("bf16", 1), pytest.param("fp16", 2, marks=CUDA_ONLY)])
+def test_resumed_run_equals_an_uninterrupted_one(image_folder, tmp_path, precision, accum):
+    """3 steps straight vs 1 step, stop, --resume to 3 (`accum` micro-batches a step, the discriminator
+    from step 2): weights, EMA, optimizers, schedules, RNG states, data position, scaler and the logged
+    losses of steps 2-3 are identical (bitwise on CPU; on CUDA within rtol 1e-4)."""
+    device = "cuda" if precision == "fp16" else "cpu"
+    common = ["--config", str(SMOKE), "--data", str(image_folder), "optim.schedule_steps=3", f"optim.grad_accum_steps={accum}",
+              "loss.disc_start=1", "log.val_every=100", f"optim.mixed_precision={precision}", f"optim.device={device}"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train_in_process(*common, "--output-dir", str(straight), "--max-steps", "3")
+    train_in_process(*common, "--output-dir", str(stopped), "--max-steps", "1")
+    train_in_process(*common, "--output-dir", str(stopped), "--max-steps", "3", "--resume")
+
+    exact = device == "cpu"
+    a, b = straight / "checkpoints" / "step_00000003", stopped / "checkpoints" / "step_00000003"
+    names = sorted(p.name for p in a.iterdir() if p.name != "state.json")
+    assert names == sorted(p.name for p in b.iterdir() if p.name != "state.json")
+    for name in names:
+        _assert_same(_read_state_file(a / name), _read_state_file(b / name), name, exact)
+    # the shipped model is the EMA: equal too
+    _assert_same(_read_state_file(straight / "model.safetensors"), _read_state_file(stopped / "model.safetensors"),
+                 "final EMA model", exact)
+
+    def logged(run: Path) -> dict[int, dict]:
+        records = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: {k: v for k, v in r.items() if k.startswith("train/") and k != "train/images_per_second"}
+                for r in records if r["step"] > 1 and "train/reconstruction" in r}
+
+    losses = logged(straight)
+    assert sorted(losses) == [2, 3] and "train/discriminator" in losses[2]
+    _assert_same(losses, logged(stopped), "logged losses", exact)
+    # and the checkpoint holds each piece of the state (what is compared above)
+    expected = {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin", "scheduler.bin",
+                "scheduler_1.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"}
+    assert set(names) == expected | ({"scaler.pt"} if precision == "fp16" else set())
+    progress = _read_state_file(a / "custom_checkpoint_1.pkl")
+    assert progress == {"step": 3, "batches": 3 * accum, "skipped_images": progress["skipped_images"]}
+
+
+def test_grad_scaler_state_is_saved_and_restored(tmp_path):
+    """fp16 training's loss scale survives a resume: accelerate's save_state writes accelerator.scaler
+    (scaler.pt, listed in the manifest) and load_state restores it. accelerate builds its GradScaler
+    only for fp16 on a GPU; without one the accelerator is given torch's CPU GradScaler, the same class."""
+    from train import checkpointing
+
+    def accelerator_with_scaler():
+        if torch.cuda.is_available():
+            fresh_accelerate_state()
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(mixed_precision="fp16")
+        else:
+            accelerator = tiny_accelerated_run()[0]
+            accelerator.scaler = torch.amp.GradScaler("cpu")
+        accelerator.scaler.scale(torch.ones(1, device=accelerator.device))  # the scale tensor exists from here
+        return accelerator
+
+    trained = accelerator_with_scaler()
+    trained.scaler.update(new_scale=1234.0)
+    saved = trained.scaler.state_dict()
+    directory = checkpointing.save(trained, tmp_path, 7, {}, keep=2)
+    assert "scaler.pt" in json.loads((directory / "state.json").read_text())["files"]
+
+    resumed = accelerator_with_scaler()
+    assert resumed.scaler.state_dict() != saved  # a fresh scaler starts at 65536
+    checkpointing.load_resume_state(resumed, tmp_path)
+    assert resumed.scaler.state_dict() == saved and resumed.scaler.get_scale() == 1234.0
+    fresh_accelerate_state()
+
+
 # -- losses and modules -------------------------------------------------------------------------
 def test_discriminator_losses_and_ema():
     from train.discriminator import PatchDiscriminator
-    from train.ema import EMA
+    from train.ema import make_ema
     from train.losses import discriminator_loss, generator_adversarial_loss
 
     disc = PatchDiscriminator(3, 8, 2)
@@ -321,42 +423,37 @@ def test_discriminator_losses_and_ema():
     assert float(generator_adversarial_loss(big, "non_saturating")) < 0.01
 
     module = torch.nn.Linear(2, 2)
-    ema = EMA(module, decay=0.5)
+    ema = make_ema(module, decay=0.5)
     with torch.no_grad():
         module.weight.fill_(1.0)
     for _ in range(50):
-        ema.update(module)
-    assert torch.allclose(ema.shadow["weight"], torch.ones(2, 2), atol=1e-6)
+        ema.update_parameters(module)
+    assert torch.allclose(ema.module.weight, torch.ones(2, 2), atol=1e-6)
 
 
 def test_ema_is_a_weighted_average_with_a_warm_up_ramp():
-    """shadow = d * shadow + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n)) at update n,
-    written out by hand: a copy, a plain mean or a missing ramp each give other numbers."""
-    from train.ema import EMA
+    """average = d * average + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n)) at update n, starting
+    from the initial weights, written out by hand: a copy, a plain mean or a missing ramp give other numbers."""
+    from train.ema import make_ema
 
     module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     initial = module[0].weight.detach().clone()
-    ema = EMA(module, decay=0.9)
+    ema = make_ema(module, decay=0.9)
     expected = initial.double()
     for update, value in enumerate([1.0, 3.0, -2.0, 5.0] + [0.5] * 30, start=1):
         with torch.no_grad():
             module[0].weight.fill_(value)
         module[1].num_batches_tracked.fill_(update)
-        ema.update(module)
+        ema.update_parameters(module)
         decay = min(0.9, (1 + update) / (10 + update))
         expected = decay * expected + (1 - decay) * value
-        torch.testing.assert_close(ema.shadow["0.weight"].double(), expected, rtol=0, atol=1e-5)
-        assert int(ema.shadow["1.num_batches_tracked"]) == update  # integer buffers are copied, not averaged
-    assert ema.updates == 34
+        torch.testing.assert_close(ema.module[0].weight.double(), expected, rtol=0, atol=1e-5)
+        assert int(ema.module[1].num_batches_tracked) == update  # integer buffers are copied, not averaged
+    assert int(ema.n_averaged) == 35  # the initial weights, then 34 updates
     assert float(expected.min()) != 0.5  # still an average of the history, not the last weight
-    trained = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema.copy_to(trained)
-    torch.testing.assert_close(trained[0].weight.double(), expected, rtol=0, atol=1e-5)
-    restored = EMA(trained, decay=0.9)
-    restored.load_state_tensors(ema.state_tensors(), ema.updates)
-    assert restored.updates == 34 and torch.equal(restored.shadow["0.weight"], ema.shadow["0.weight"])
-    with pytest.raises(KeyError, match="EMA state lacks"):
-        restored.load_state_tensors({}, 0)
+    restored = make_ema(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), decay=0.9)
+    restored.load_state_dict(ema.state_dict())  # what the checkpoint holds: weights and n_averaged
+    assert int(restored.n_averaged) == 35 and torch.equal(restored.module[0].weight, ema.module[0].weight)
 
 
 def test_lpips_loads_local_weights_and_refuses_missing_files(tmp_path):

@@ -1,32 +1,31 @@
-"""Full training-state checkpoints: safetensors for weights, torch (weights_only) for optimizers, JSON.
+"""Training checkpoints: accelerate's save_state / load_state in folders that appear atomically.
 
 Layout under <output-dir>/checkpoints/:
-    step_00000500/            one complete checkpoint (renamed into place only once complete)
-        generator.safetensors, ema.safetensors, discriminator.safetensors (when used)
-        optimizer_generator.pt, optimizer_discriminator.pt   (tensors + plain values only)
-        rng_rank<R>.json      every process's RNG states
-        state.json            step, data position, run facts
+    step_00000500/        one complete checkpoint (renamed into place only once complete)
+        model.safetensors, model_1.safetensors     generator, discriminator (when used)
+        optimizer.bin, optimizer_1.bin, scheduler.bin, scheduler_1.bin
+        scaler.pt                                  fp16 GradScaler (when used)
+        random_states_<rank>.pkl                   every process's RNG states and accelerate's step
+        custom_checkpoint_<i>.pkl                  the registered objects (EMA, run progress)
+        state.json            step, run facts, and the size and sha256 of every file above
     latest.json               {"step": N, "directory": "step_..."}, replaced atomically last
 
 A run killed at any moment leaves either the previous latest checkpoint or the new one, complete.
+A resumed run takes the newest checkpoint whose files match state.json and load, falling back to
+older ones past damage (accelerate itself ignores unreadable RNG files, so the manifest decides).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-
 from gsq_core.checkpoint import atomic_write
-from gsq_core.errors import CheckpointError
+from gsq_core.errors import CheckpointError, first_line
 
 LATEST = "latest.json"
 STATE = "state.json"
@@ -56,46 +55,43 @@ def _fsync(path: Path) -> None:
         os.close(handle)
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file and flush it to disk."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    _fsync(path)
-
-
-def save_torch_state(path: Path, state: dict[str, Any]) -> None:
-    """Write an optimizer state dict (tensors and plain values only) and flush it to disk."""
-    torch.save(state, str(path))
-    _fsync(path)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON and flush it to disk."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
     _fsync(path)
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as JSON-compatible data."""
-    numpy_state = np.random.get_state()
-    state = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *[float(v) if isinstance(v, float) else int(v) for v in numpy_state[2:]]],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore RNG states written by rng_state()."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(position), int(has_gauss), float(cached)))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+def manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file in a checkpoint directory (state.json aside), each flushed to disk."""
+    files = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != STATE):
+        _fsync(path)
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return files
+
+
+def save(accelerator, output_dir: str | Path, step: int, facts: dict[str, Any], keep: int) -> Path:
+    """accelerator.save_state for `step` into a scratch folder (all processes take part), then state.json
+    with the manifest, then publish atomically. Returns the checkpoint's directory."""
+    partial = partial_directory(output_dir, step)
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(partial / STATE, {**facts, "step": step, "files": manifest(partial)})
+        publish(output_dir, step, keep)
+    accelerator.wait_for_everyone()
+    return step_directory(output_dir, step)
 
 
 def publish(output_dir: str | Path, step: int, keep: int) -> Path:
@@ -144,63 +140,34 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return directory
 
 
-@dataclass
-class LoadedState:
-    """What a resumed run reads back."""
+def read_state(directory: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, after checking every file it lists against its size and sha256, and
+    that the registered objects' states (which accelerate unpickles with weights_only=False) hold only
+    tensors and plain values. CheckpointError naming the damaged file."""
+    from accelerate.utils import load
 
-    directory: Path
-    state: dict[str, Any]
-    generator: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor]
-    discriminator: dict[str, torch.Tensor] | None
-    optimizer_generator: dict[str, Any]
-    optimizer_discriminator: dict[str, Any] | None
-    rng: dict[str, Any] | None
-
-
-def load_checkpoint(directory: Path, rank: int) -> LoadedState:
-    """Read a checkpoint directory safely (safetensors, weights_only torch.load, JSON); CheckpointError
-    naming the damaged file. Every rank's RNG file is checked, so all ranks reach the same verdict."""
-    def torch_state(name: str) -> dict[str, Any] | None:
-        path = directory / name
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # damaged file: say which
-            raise CheckpointError(f"{path}: cannot read safely: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-
-    def tensors(name: str) -> dict[str, torch.Tensor]:
-        try:
-            return load_file(str(directory / name))
-        except Exception as error:  # SafetensorError (truncated, corrupt header), OSError
-            raise CheckpointError(f"{directory / name}: unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
-
-    def json_file(path: Path) -> Any:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as error:
-            raise CheckpointError(f"{path}: unreadable ({type(error).__name__})") from None
-
-    state = json_file(directory / STATE)
+    path = directory / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: unreadable ({type(error).__name__})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
-        raise CheckpointError(f"{directory / STATE}: has no integer 'step'")
-    for key in ("ema_updates", "skipped_images"):
-        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool)):
-            raise CheckpointError(f"{directory / STATE}: {key!r} is not an integer")
-    generator = tensors("generator.safetensors")
-    ema = tensors("ema.safetensors")
-    discriminator = tensors("discriminator.safetensors") if (directory / "discriminator.safetensors").is_file() else None
-    rng = None
-    for rng_path in sorted(directory.glob("rng_rank*.json")):
-        value = json_file(rng_path)
-        if rng_path.name == f"rng_rank{rank}.json":
-            rng = value
-    optimizer_generator = torch_state("optimizer_generator.pt")
-    if optimizer_generator is None:
-        raise CheckpointError(f"{directory}: optimizer_generator.pt is missing")
-    return LoadedState(directory, state, generator, ema, discriminator, optimizer_generator,
-                       torch_state("optimizer_discriminator.pt"), rng)
+        raise CheckpointError(f"{path}: has no integer 'step'")
+    files = state.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{path}: lists no files (written by an older train/ or damaged)")
+    for name, expected in files.items():
+        target = directory / name
+        if not target.is_file():
+            raise CheckpointError(f"{target}: missing")
+        if not isinstance(expected, dict) or target.stat().st_size != expected.get("bytes") or _sha256(target) != expected.get("sha256"):
+            raise CheckpointError(f"{target}: damaged (its size or sha256 differs from {STATE}'s)")
+        if name.startswith("custom_checkpoint_"):
+            try:
+                load(str(target), map_location="cpu", weights_only=True)
+            except Exception as error:  # an unpickling error of any kind: refuse the file
+                raise CheckpointError(f"{target}: cannot be read safely ({first_line(error)})") from None
+    return state
 
 
 def resume_candidates(output_dir: str | Path) -> tuple[list[Path], list[str]]:
@@ -224,25 +191,31 @@ def resume_candidates(output_dir: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def load_resume_state(
-    output_dir: str | Path, rank: int, check: Callable[[LoadedState], None] | None = None
-) -> tuple[LoadedState | None, list[str]]:
-    """The newest checkpoint that reads and passes `check` (which raises CheckpointError on damage),
-    falling back to older complete ones; notes name each damaged one and the one taken. None when the
-    run has no checkpoint; CheckpointError (one line, every reason) when it has some but none is usable."""
+    accelerator, output_dir: str | Path, check: Callable[[Path, dict[str, Any]], None] | None = None
+) -> tuple[Path | None, dict[str, Any], list[str]]:
+    """accelerator.load_state from the newest checkpoint that verifies and loads, falling back to older
+    complete ones. `check(directory, state)` may raise RunError for a checkpoint of another run (no
+    fallback). Returns (directory, its state.json, notes naming each damaged checkpoint and the one
+    taken); (None, {}, notes) when the run has no checkpoint; CheckpointError (one line, every
+    reason) when it has some but none is usable."""
     candidates, notes = resume_candidates(output_dir)
     reasons: list[str] = []
     for directory in candidates:
         try:
-            loaded = load_checkpoint(directory, rank)
+            state = read_state(directory)
             if check is not None:
-                check(loaded)
+                check(directory, state)
+            try:
+                accelerator.load_state(str(directory))
+            except Exception as error:  # weights that do not fit, files of another layout: damage
+                raise CheckpointError(f"{directory}: cannot be loaded ({first_line(error)})") from None
         except CheckpointError as error:
             reasons.append(str(error))
             notes.append(f"{directory.name} is damaged ({error}); trying an older checkpoint")
             continue
         if reasons:
             notes.append(f"resuming from {directory.name}, the newest checkpoint that reads")
-        return loaded, notes
+        return directory, state, notes
     if candidates:
         raise CheckpointError(f"no usable checkpoint in {checkpoint_root(output_dir)}: " + "; ".join(reasons))
-    return None, notes
+    return None, {}, notes

@@ -1,48 +1,36 @@
-"""Exponential moving average of the generator's weights (the model that gets shipped)."""
+"""Exponential moving average of the generator's weights (the model that gets shipped), as a
+torch.optim.swa_utils.AveragedModel with an EMA multi_avg_fn."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
-class EMA:
-    """Shadow copies of a module's floating-point state: shadow = decay * shadow + (1 - decay) * weight.
-
-    The effective decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so the
-    average is not dominated by the random initialisation in short runs.
-    """
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.updates = 0
-        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+def ema_ramp_avg_fn(decay: float):
+    """AveragedModel multi_avg_fn: average = d * average + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n))
+    at update n, so short runs are not dominated by the random initialisation. Integer buffers are copied."""
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        """Fold the module's current weights into the average."""
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for key, value in module.state_dict().items():
-            shadow = self.shadow[key]
-            if value.dtype.is_floating_point:
-                shadow.lerp_(value.detach().float(), 1.0 - decay)
-            else:
-                shadow.copy_(value)
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor | int) -> None:
+        if not averaged[0].is_floating_point():  # AveragedModel groups tensors by dtype
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(num_averaged)
+        weight = 1.0 - min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, weight)
 
-    def copy_to(self, module: nn.Module) -> None:
-        """Load the averaged weights into module."""
-        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+    return update
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to checkpoint (CPU, contiguous)."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.shadow.items()}
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
-        """Restore from a checkpoint."""
-        missing = set(self.shadow) - set(tensors)
-        if missing:
-            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
-        for key, shadow in self.shadow.items():
-            shadow.copy_(tensors[key])
-        self.updates = updates
+def make_ema(module: nn.Module, decay: float, device: torch.device | None = None) -> AveragedModel:
+    """EMA of module's parameters and buffers, starting from its current weights.
+
+    AveragedModel copies the weights at its first update_parameters call (n_averaged 0 -> 1); calling it
+    once here makes that copy the initial weights, so update n of training is averaged with n = n_averaged.
+    Its state_dict (weights and n_averaged) is what the run checkpoints."""
+    ema = AveragedModel(module, device=device, multi_avg_fn=ema_ramp_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(module)
+    ema.requires_grad_(False)
+    return ema

@@ -10,42 +10,35 @@ Writes <output-dir>/checkpoints/ (full training state, every log.checkpoint_ever
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: import the `train` package from the repository root
-    _ROOT = Path(__file__).resolve().parents[1]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "train"]
-    sys.path.insert(0, str(_ROOT))
-
 import argparse
-import contextlib
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from gsq_core.extras import missing_package_message
 
 try:
     import torch
     import yaml
+    from accelerate import Accelerator
 except ImportError as _missing:  # one line naming the extra, not a ModuleNotFoundError traceback
     sys.exit(f"error: {missing_package_message(_missing.name or 'torch', 'train', 'train/main.py')}")
 
 from gsq_core.checkpoint import config_summary
-from gsq_core.errors import CheckpointError, GSQError
+from gsq_core.errors import GSQError
 from gsq_core.model import GSQTokenizer
-from train import checkpointing
+from train import checkpointing, run_log
 from train.config import TrainConfig, load_config
 from train.data import (CropSpec, DataError, FolderStream, ShardStream, iter_tar_images, list_images, list_shards,
                         split_validation)
 from train.discriminator import PatchDiscriminator
-from train.ema import EMA
+from train.ema import make_ema
 from train.losses import adversarial_active, discriminator_loss, generator_adversarial_loss, reconstruction_loss
-from train.run_log import RunLog
 from train.validation import evaluate, load_validation_images, save_grid
 
 FINAL_MODEL = "model.safetensors"
@@ -80,13 +73,10 @@ def has_accelerator_device() -> bool:
     return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
-def make_accelerator(config: TrainConfig):
-    """Accelerator on the configured device; multi-process runs without a GPU use gloo on CPU."""
-    from gsq_core.extras import require
-
-    require("accelerate", "train", "train/main.py")  # one error line, not a traceback, without it
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    """Accelerator on the configured device (multi-process runs without a GPU use gloo on CPU), with
+    gradient accumulation and the run's trackers (logs/metrics.jsonl, TensorBoard when installed)."""
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     cpu = config.optim.device == "cpu" or (config.optim.device == "auto" and not has_accelerator_device())
     precision = config.optim.mixed_precision
@@ -97,6 +87,12 @@ def make_accelerator(config: TrainConfig):
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
+        gradient_accumulation_steps=config.optim.grad_accum_steps,
+        # The schedule is a function of the optimizer step (lr_factor): step it once per step, not once
+        # per process per step as accelerate does by default.
+        step_scheduler_with_optimizer=False,
+        log_with=run_log.trackers(output_dir / "logs"),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     if note and accelerator.is_main_process:
@@ -153,19 +149,27 @@ def same_model(saved: dict | None, config: TrainConfig) -> bool:
         return False
 
 
-def check_resumable(loaded: checkpointing.LoadedState, generator: GSQTokenizer, config: TrainConfig) -> None:
-    """RunError when the checkpoint is of another model (a user mistake: no fallback); CheckpointError
-    when its weights do not fit the model it records (damage: the caller tries an older checkpoint)."""
-    from gsq_core.checkpoint import weight_problems
+def run_facts(config: TrainConfig, world_size: int) -> dict:
+    """What a checkpoint records about its run besides accelerate's state (state.json)."""
+    loss = config.loss
+    return {
+        "batch_size": config.data.batch_size, "grad_accum_steps": config.optim.grad_accum_steps,
+        "world_size": world_size, "num_workers": config.data.num_workers,
+        "model_config": config.tokenizer_config().to_dict(),
+        "discriminator": [loss.disc_channels, loss.disc_layers] if loss.adversarial_weight > 0 else None,
+    }
 
-    if not same_model(loaded.state.get("model_config"), config):
-        raise RunError(f"{loaded.directory}: the checkpoint's model differs from the config's model; "
+
+def check_resumable(directory: Path, state: dict, config: TrainConfig) -> None:
+    """RunError when the checkpoint is of another model or discriminator (a user mistake: no fallback)."""
+    if not same_model(state.get("model_config"), config):
+        raise RunError(f"{directory}: the checkpoint's model differs from the config's model; "
                        "resume with the same model config")
-    expected = {key: tuple(value.shape) for key, value in generator.state_dict().items()}
-    for name, tensors in (("generator", loaded.generator), ("ema", loaded.ema)):
-        problems = weight_problems(expected, {key: tuple(value.shape) for key, value in tensors.items()})
-        if problems:
-            raise CheckpointError(f"{loaded.directory / (name + '.safetensors')}: " + "; ".join(problems))
+    wanted, saved = run_facts(config, 1)["discriminator"], state.get("discriminator")
+    if wanted is not None and wanted != saved:  # a saved discriminator the config no longer trains is left unread
+        found = "has no discriminator state" if saved is None else f"its discriminator (channels, layers) is {saved}"
+        raise RunError(f"{directory}: {found}, but the config trains {wanted}; resume with the same "
+                       "loss.disc_channels and loss.disc_layers")
 
 
 def load_initial_weights(generator: GSQTokenizer, source: str, config: TrainConfig) -> None:
@@ -244,30 +248,72 @@ def build_data(config: TrainConfig, rank: int, world_size: int, start_batch: int
     return DataSetup(stream, validation, f"{len(shards)} training shards in {root}{held_out}, {len(validation)} validation images")
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, generator, discriminator, ema: EMA,
-                    optimizers: dict, facts: dict, keep: int) -> None:
-    """Write the full training state for `step` (all processes take part), then publish it atomically."""
-    partial = checkpointing.partial_directory(output_dir, step)
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    checkpointing.write_json(partial / f"rng_rank{accelerator.process_index}.json", checkpointing.rng_state())
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        checkpointing.save_tensors(partial / "generator.safetensors", accelerator.unwrap_model(generator).state_dict())
-        checkpointing.save_tensors(partial / "ema.safetensors", ema.state_tensors())
-        if discriminator is not None:
-            checkpointing.save_tensors(partial / "discriminator.safetensors", accelerator.unwrap_model(discriminator).state_dict())
-        for name, optimizer in optimizers.items():
-            checkpointing.save_torch_state(partial / f"optimizer_{name}.pt", optimizer.state_dict())
-        checkpointing.write_json(partial / checkpointing.STATE, {**facts, "step": step, "ema_updates": ema.updates})
-        checkpointing.publish(output_dir, step, keep)
-    accelerator.wait_for_everyone()
+@dataclass
+class Progress:
+    """Where the run stands: optimizer steps done, batches this process drew from its stream (the data
+    position a resumed run continues from) and unreadable images skipped so far. Checkpointed with
+    the run through accelerator.register_for_checkpointing."""
+
+    step: int = 0
+    batches: int = 0
+    skipped_images: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for name in asdict(self):
+            setattr(self, name, int(state[name]))
 
 
-def train(args: argparse.Namespace) -> int:
-    """Run (or resume) training as the arguments say; returns the exit status."""
+def checkpoint_unwrapped_weights(accelerator: Accelerator) -> None:
+    """Save and load the models' own weights (no DDP `module.` prefix), so that a run resumes on another
+    number of processes: accelerate's save/load pre-hooks, its documented way to customise model loading."""
+    from safetensors.torch import load_model
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for index, model in enumerate(models):
+            weights[index] = accelerator.unwrap_model(model).state_dict()
+
+    def load_hook(models: list, input_dir: str) -> None:
+        for index, model in enumerate(models):
+            name = "model.safetensors" if index == 0 else f"model_{index}.safetensors"
+            load_model(accelerator.unwrap_model(model), os.path.join(input_dir, name))  # via CPU, copied in place
+        models.clear()  # loaded: accelerate loads the rest (optimizers, schedulers, scaler, RNG, registered objects)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def clip_gradients(accelerator: Accelerator, model: torch.nn.Module, optimizer, max_norm: float) -> float:
+    """Clip a model's gradient norm; returns the norm before clipping. Only this optimizer's fp16 gradients
+    are unscaled first: accelerator.clip_grad_norm_ unscales every optimizer's, and each optimizer's step
+    updates the shared GradScaler, so the other optimizer's gradients would be unscaled twice."""
+    accelerator.unscale_gradients(optimizer)
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+
+def generator_losses(generator, discriminator, perceptual, images: torch.Tensor, config: TrainConfig,
+                     adversarial: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The generator's weighted loss terms on a batch, and its reconstruction. `discriminator` is the
+    unwrapped module: it only scores here, and the generator step must not train it."""
+    output = generator(images)
+    losses = {
+        "reconstruction": reconstruction_loss(output.reconstruction, images, config.loss),
+        "quantizer": config.loss.quantizer_weight * output.quantizer_loss.float(),
+    }
+    if perceptual is not None:
+        losses["perceptual"] = config.loss.perceptual_weight * perceptual(output.reconstruction.float(), images)
+    if adversarial:
+        discriminator.requires_grad_(False)
+        losses["generator_adversarial"] = config.loss.adversarial_weight * generator_adversarial_loss(
+            discriminator(output.reconstruction), config.loss.adversarial_loss)
+        discriminator.requires_grad_(True)
+    return losses, output.reconstruction
+
+
+def resolved_config(args: argparse.Namespace) -> TrainConfig:
+    """The config file with the overrides and the command line's --data and --max-steps."""
     config = load_config(args.config, args.overrides)
     if args.data:
         config.data.path = args.data
@@ -277,10 +323,38 @@ def train(args: argparse.Namespace) -> int:
         config.optim.max_steps = args.max_steps
     if not config.data.path:
         raise RunError("no training data: pass --data DIR")
+    return config
 
-    accelerator = make_accelerator(config)
-    is_main, rank, world_size = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+
+def resume(accelerator: Accelerator, output_dir: Path, config: TrainConfig, progress: Progress) -> None:
+    """accelerator.load_state from the newest usable checkpoint (saying which, and what it skipped)."""
+    directory, state, notes = checkpointing.load_resume_state(
+        accelerator, output_dir, lambda path, saved: check_resumable(path, saved, config))
+    if not accelerator.is_main_process:
+        return
+    for note in notes:
+        print(f"warning: {note}", flush=True)
+    if directory is None:
+        print(f"no checkpoint in {checkpointing.checkpoint_root(output_dir)}; starting from step 0", flush=True)
+        return
+    print(f"resumed from step {progress.step} ({directory})", flush=True)
+    keys = ("batch_size", "grad_accum_steps", "world_size")
+    before, now = tuple(state.get(k) for k in keys), tuple(run_facts(config, accelerator.num_processes)[k] for k in keys)
+    if before != now:
+        print(f"warning: batch size / accumulation / world size changed from {before} to {now}: "
+              "the data stream continues from a different position", flush=True)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run (or resume) training as the arguments say; returns the exit status."""
+    from accelerate.utils import set_seed
+    from torch.optim.lr_scheduler import LambdaLR
+    from tqdm.auto import tqdm
+
+    config = resolved_config(args)
     output_dir: Path = args.output_dir
+    accelerator = make_accelerator(config, output_dir)
+    is_main, rank, world_size = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     prepare_output_dir(output_dir, args.resume, args.overwrite)
     accelerator.wait_for_everyone()
     if is_main:
@@ -296,208 +370,149 @@ def train(args: argparse.Namespace) -> int:
     # Models: identical initialisation on every process, then per-process randomness.
     torch.manual_seed(config.seed)
     generator = GSQTokenizer(config.tokenizer_config())
-    eval_model = GSQTokenizer(config.tokenizer_config())
-    loaded, resume_notes = (None, [])
-    if args.resume:  # the newest checkpoint that reads, falling back past damaged ones (and saying so)
-        loaded, resume_notes = checkpointing.load_resume_state(
-            output_dir, rank, lambda state: check_resumable(state, generator, config))
-    if is_main:
-        for note in resume_notes:
-            print(f"warning: {note}", flush=True)
-    if args.init_from and loaded is None:
+    if args.init_from and not (args.resume and checkpointing.resume_candidates(output_dir)[0]):
         load_initial_weights(generator, args.init_from, config)
-        if is_main:
-            print(f"initialised from {args.init_from}", flush=True)
-    ema = EMA(generator, config.optim.ema_decay)
+        accelerator.print(f"initialised from {args.init_from}", flush=True)
+    ema = make_ema(generator, config.optim.ema_decay, accelerator.device)
     use_adversarial = config.loss.adversarial_weight > 0
     discriminator = PatchDiscriminator(3, config.loss.disc_channels, config.loss.disc_layers) if use_adversarial else None
     perceptual, perceptual_note = build_perceptual(config)
-    torch.manual_seed(config.seed + 1000 * (rank + 1))
+    set_seed(config.seed + 1000 * (rank + 1))  # python, numpy and torch: all checkpointed by save_state
+
+    # Optimizers and warm-up/decay schedules, prepared by accelerate (so save_state holds them too).
+    def schedule(step: int) -> float:
+        return lr_factor(step, config)
 
     optimizer_g = make_optimizer(generator, config.optim.lr, config)
-    optimizer_d = make_optimizer(discriminator, config.optim.disc_lr or config.optim.lr, config) if discriminator else None
-
-    step, skipped_total, facts_before = 0, 0, {}
-    if args.resume and loaded is None and is_main:
-        print(f"no checkpoint in {checkpointing.checkpoint_root(output_dir)}; starting from step 0", flush=True)
-    if loaded is not None:
-        resume_dir = loaded.directory
-        facts_before = loaded.state
-        generator.load_state_dict(loaded.generator)
-        ema.load_state_tensors(loaded.ema, int(facts_before.get("ema_updates", 0)))
-        optimizer_g.load_state_dict(loaded.optimizer_generator)
-        if discriminator is not None:
-            if loaded.discriminator is None or loaded.optimizer_discriminator is None:
-                raise RunError(f"{resume_dir}: has no discriminator state, but the config trains one")
-            try:
-                discriminator.load_state_dict(loaded.discriminator)
-                optimizer_d.load_state_dict(loaded.optimizer_discriminator)
-            except (RuntimeError, ValueError, KeyError) as error:
-                raise RunError(f"{resume_dir}: its discriminator does not match the config's ({str(error).splitlines()[0]})") from None
-        if loaded.rng is not None:
-            checkpointing.restore_rng_state(loaded.rng)
-        step = int(facts_before["step"])
-        skipped_total = int(facts_before.get("skipped_images", 0))
-        per_step = (config.data.batch_size, config.optim.grad_accum_steps, world_size)
-        before = (facts_before.get("batch_size"), facts_before.get("grad_accum_steps"), facts_before.get("world_size"))
-        if is_main:
-            print(f"resumed from step {step} ({resume_dir})", flush=True)
-            if before != per_step:
-                print(f"warning: batch size / accumulation / world size changed from {before} to {per_step}: "
-                      "the data stream continues from a different position", flush=True)
-
+    generator, optimizer_g, scheduler_g = accelerator.prepare(generator, optimizer_g, LambdaLR(optimizer_g, schedule))
+    models, schedulers = [generator], [scheduler_g]
+    optimizer_d = raw_discriminator = None
     if discriminator is not None:
-        generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(generator, discriminator, optimizer_g, optimizer_d)
-    else:
-        generator, optimizer_g = accelerator.prepare(generator, optimizer_g)
+        optimizer_d = make_optimizer(discriminator, config.optim.disc_lr or config.optim.lr, config)
+        discriminator, optimizer_d, scheduler_d = accelerator.prepare(discriminator, optimizer_d, LambdaLR(optimizer_d, schedule))
+        models, schedulers = [generator, discriminator], [scheduler_g, scheduler_d]
+        raw_discriminator = accelerator.unwrap_model(discriminator)
+        # Its schedule follows the generator's steps from step 0; it trains only from loss.disc_start.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
     device = accelerator.device
-    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
-    eval_model.to(device)
     if perceptual is not None:
         perceptual.to(device)
-    raw_generator = accelerator.unwrap_model(generator)
-    raw_discriminator = accelerator.unwrap_model(discriminator) if discriminator is not None else None
-
+    progress = Progress()
+    accelerator.register_for_checkpointing(ema, progress)
+    checkpoint_unwrapped_weights(accelerator)
+    if args.resume:
+        resume(accelerator, output_dir, config, progress)
     accum = config.optim.grad_accum_steps
-    data = build_data(config, rank, world_size, start_batch=step * accum, output_dir=output_dir)
+    accelerator.step = progress.step * accum  # accumulate() syncs every accum-th micro-batch from here
+
+    data = build_data(config, rank, world_size, start_batch=progress.batches, output_dir=output_dir)
     loader = torch.utils.data.DataLoader(
         data.stream, batch_size=None, num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=config.data.num_workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),  # its worker seed draw leaves the restored RNG alone
     )
-    run_log = RunLog(output_dir / "logs", enabled=is_main)
+    accelerator.init_trackers(run_log.RUN_NAME)
     val_images = torch.empty(0)
     if is_main:
         val_images, _ = load_validation_images(data.validation, config.data.val_size)
-        parameters = sum(p.numel() for p in raw_generator.parameters())
-        print(f"model: {config_summary(raw_generator.config)}, {parameters:,} parameters", flush=True)
+        parameters = sum(p.numel() for p in ema.module.parameters())
+        print(f"model: {config_summary(ema.module.config)}, {parameters:,} parameters", flush=True)
         print(f"data: {data.description}", flush=True)
         print(perceptual_note, flush=True)
         print("adversarial loss: " + (f"{config.loss.adversarial_loss}, weight {config.loss.adversarial_weight}, "
               f"from step {config.loss.disc_start}" if use_adversarial else "off (loss.adversarial_weight is 0)"), flush=True)
-        print(run_log.describe(), flush=True)
+        print(run_log.describe(output_dir / "logs"), flush=True)
         if not val_images.shape[0]:
             print("validation: off (no validation images)", flush=True)
 
-    facts = {
-        "batch_size": config.data.batch_size, "grad_accum_steps": accum, "world_size": world_size,
-        "num_workers": config.data.num_workers, "model_config": config.tokenizer_config().to_dict(),
-    }
-    optimizers = {"generator": optimizer_g} | ({"discriminator": optimizer_d} if optimizer_d is not None else {})
-
-    def validate_and_log(at_step: int) -> None:
+    def validate(at_step: int) -> None:
         if is_main and val_images.shape[0]:
-            ema.copy_to(eval_model)
-            metrics, recon = evaluate(eval_model, val_images, batch_size=config.data.batch_size)
+            metrics, recon = evaluate(ema.module, val_images, batch_size=config.data.batch_size)
             grid = save_grid(output_dir / "samples" / f"step_{at_step:08d}.png", val_images, recon, config.log.num_grid_images)
-            run_log.write(at_step, {f"val/{k}": v for k, v in metrics.items()})
-            accelerator.print(
-                f"step {at_step} validation (EMA, {val_images.shape[0]} images): PSNR {metrics['psnr']:.2f} dB "
-                f"SSIM {metrics['ssim']:.4f} usage {metrics['codebook_usage']:.3f} perplexity {metrics['perplexity']:.1f} "
-                f"grid {grid}"
-            )
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=at_step)
+            print(f"step {at_step} validation (EMA, {val_images.shape[0]} images): PSNR {metrics['psnr']:.2f} dB "
+                  f"SSIM {metrics['ssim']:.4f} usage {metrics['codebook_usage']:.3f} perplexity {metrics['perplexity']:.1f} "
+                  f"grid {grid}", flush=True)
         accelerator.wait_for_everyone()
 
-    from tqdm.auto import tqdm
-
-    progress = tqdm(total=config.optim.max_steps, initial=step, disable=not is_main, desc="train", dynamic_ncols=True,
-                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    # -- the loop ------------------------------------------------------------------------------------
+    max_steps, start_step, run_start = config.optim.max_steps, progress.step, time.time()
+    progress_bar = tqdm(total=max_steps, initial=progress.step, disable=not is_main, desc="train", dynamic_ncols=True,
+                        mininterval=0.1 if sys.stderr.isatty() else 30.0)
     batches = iter(loader)
     window: dict[str, float] = {}
     window_steps, window_start, window_skipped = 0, time.time(), 0
-    run_start, start_step = time.time(), step
     generator.train()
-    while step < config.optim.max_steps:
-        factor = lr_factor(step, config)
-        for group in optimizer_g.param_groups:
-            group["lr"] = config.optim.lr * factor
-        adversarial = use_adversarial and adversarial_active(step, config.loss)
-        if optimizer_d is not None:
-            for group in optimizer_d.param_groups:
-                group["lr"] = (config.optim.disc_lr or config.optim.lr) * factor
-        terms: dict[str, float] = {}
-        for micro in range(accum):
+    while progress.step < max_steps:
+        adversarial = use_adversarial and adversarial_active(progress.step, config.loss)
+        for _ in range(accum):
             batch = next(batches)
-            images = batch["images"].to(device, non_blocking=True)
+            progress.batches += 1
             window_skipped += int(batch["skipped"])
-            syncing = micro == accum - 1
-            with contextlib.nullcontext() if syncing else accelerator.no_sync(generator):
+            images = batch["images"].to(device, non_blocking=True)
+            with accelerator.accumulate(*models):
                 with accelerator.autocast():
-                    output = generator(images)
-                    losses = {
-                        "reconstruction": reconstruction_loss(output.reconstruction, images, config.loss),
-                        "quantizer": config.loss.quantizer_weight * output.quantizer_loss.float(),
-                    }
-                    if perceptual is not None:
-                        losses["perceptual"] = config.loss.perceptual_weight * perceptual(output.reconstruction.float(), images)
-                    if adversarial:
-                        raw_discriminator.requires_grad_(False)  # the generator step must not train D
-                        logits = raw_discriminator(output.reconstruction)
-                        losses["generator_adversarial"] = config.loss.adversarial_weight * generator_adversarial_loss(
-                            logits, config.loss.adversarial_loss)
-                    total = sum(losses.values())
-                accelerator.backward(total / accum)
-            if adversarial:
-                raw_discriminator.requires_grad_(True)
-                with contextlib.nullcontext() if syncing else accelerator.no_sync(discriminator):
+                    losses, reconstruction = generator_losses(generator, raw_discriminator, perceptual, images, config, adversarial)
+                accelerator.backward(sum(losses.values()))
+                if adversarial:
                     with accelerator.autocast():
-                        real_logits = discriminator(images)
-                        fake_logits = discriminator(output.reconstruction.detach())
-                        losses["discriminator"] = discriminator_loss(real_logits, fake_logits, config.loss.adversarial_loss)
-                    accelerator.backward(losses["discriminator"] / accum)
+                        losses["discriminator"] = discriminator_loss(
+                            discriminator(images), discriminator(reconstruction.detach()), config.loss.adversarial_loss)
+                    accelerator.backward(losses["discriminator"])
+                if accelerator.sync_gradients and config.optim.grad_clip > 0:
+                    norm = clip_gradients(accelerator, generator, optimizer_g, config.optim.grad_clip)
+                    window["grad_norm"] = window.get("grad_norm", 0.0) + norm
+                optimizer_g.step()
+                optimizer_g.zero_grad(set_to_none=True)
+                if adversarial:
+                    if accelerator.sync_gradients and config.optim.grad_clip > 0:
+                        clip_gradients(accelerator, discriminator, optimizer_d, config.optim.grad_clip)
+                    optimizer_d.step()
+                    optimizer_d.zero_grad(set_to_none=True)
             for name, value in losses.items():
-                terms[name] = terms.get(name, 0.0) + float(value.detach()) / accum
-        if config.optim.grad_clip > 0:
-            terms["grad_norm"] = float(accelerator.clip_grad_norm_(generator.parameters(), config.optim.grad_clip))
-        optimizer_g.step()
-        optimizer_g.zero_grad(set_to_none=True)
-        if adversarial:
-            if config.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(discriminator.parameters(), config.optim.grad_clip)
-            optimizer_d.step()
-            optimizer_d.zero_grad(set_to_none=True)
-        ema.update(raw_generator)
-        step += 1
-        progress.update(1)
-        for name, value in terms.items():
-            window[name] = window.get(name, 0.0) + value
+                window[name] = window.get(name, 0.0) + float(value.detach()) / accum
+        lr = scheduler_g.get_last_lr()[0]
+        for scheduler in schedulers:
+            scheduler.step()
+        ema.update_parameters(accelerator.unwrap_model(generator))
+        progress.step += 1
+        progress_bar.update(1)
         window_steps += 1
 
-        if step % config.log.every == 0 or step == config.optim.max_steps:
+        if progress.step % config.log.every == 0 or progress.step == max_steps:
             names = sorted(window)
             reduced = accelerator.reduce(torch.tensor([window[n] / window_steps for n in names], device=device), "mean")
             skipped = int(accelerator.reduce(torch.tensor([window_skipped], device=device), "sum").item())
-            skipped_total += skipped
-            elapsed = max(1e-9, time.time() - window_start)
+            progress.skipped_images += skipped
             values = {f"train/{n}": float(v) for n, v in zip(names, reduced.tolist())}
-            values["train/lr"] = config.optim.lr * factor
-            values["train/images_per_second"] = window_steps * accum * config.data.batch_size * world_size / elapsed
-            values["data/skipped_images"] = skipped_total
-            run_log.write(step, values)
+            values["train/lr"] = lr
+            values["train/images_per_second"] = (window_steps * accum * config.data.batch_size * world_size
+                                                 / max(1e-9, time.time() - window_start))
+            values["data/skipped_images"] = progress.skipped_images
+            accelerator.log(values, step=progress.step)
             if is_main:
-                progress.set_postfix(rec=f"{values.get('train/reconstruction', 0):.4f}",
-                                     ips=f"{values['train/images_per_second']:.1f}")
+                progress_bar.set_postfix(rec=f"{values.get('train/reconstruction', 0):.4f}",
+                                         ips=f"{values['train/images_per_second']:.1f}")
                 if skipped:
                     print(f"warning: {skipped} unreadable images skipped in the last {window_steps} steps "
-                          f"({skipped_total} in total)", flush=True)
+                          f"({progress.skipped_images} in total)", flush=True)
             window, window_steps, window_start, window_skipped = {}, 0, time.time(), 0
-        if step % config.log.val_every == 0 and step < config.optim.max_steps:
-            validate_and_log(step)
-        if step % config.log.checkpoint_every == 0 or step == config.optim.max_steps:
-            save_checkpoint(accelerator, output_dir, step, generator, discriminator, ema, optimizers,
-                            {**facts, "skipped_images": skipped_total}, config.log.keep_checkpoints)
-    progress.close()
-    validate_and_log(step)
+        if progress.step % config.log.val_every == 0 and progress.step < max_steps:
+            validate(progress.step)
+        if progress.step % config.log.checkpoint_every == 0 or progress.step == max_steps:
+            checkpointing.save(accelerator, output_dir, progress.step, run_facts(config, world_size),
+                               config.log.keep_checkpoints)
+    progress_bar.close()
+    # -- end of the loop -----------------------------------------------------------------------------
+    validate(progress.step)
 
     if is_main:
-        ema.copy_to(eval_model)
-        final = eval_model.save(output_dir / FINAL_MODEL, overwrite=True)
-        trained = step - start_step
-        seconds = time.time() - run_start
+        final = ema.module.save(output_dir / FINAL_MODEL, overwrite=True)
+        trained, seconds = progress.step - start_step, time.time() - run_start
         rate = trained * accum * config.data.batch_size * world_size / seconds if trained else 0.0
-        print(f"trained {trained} steps in {seconds:.1f} s ({rate:.1f} images/s); step {step} of {config.optim.max_steps}")
-        print(f"unreadable images skipped: {skipped_total}")
+        print(f"trained {trained} steps in {seconds:.1f} s ({rate:.1f} images/s); step {progress.step} of {max_steps}")
+        print(f"unreadable images skipped: {progress.skipped_images}")
         print(f"final EMA model: {final}", flush=True)
-    run_log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

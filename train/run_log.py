@@ -1,4 +1,5 @@
-"""Scalar logs: always JSON lines (logs/metrics.jsonl); TensorBoard too when tensorboard is installed."""
+"""Scalar logs through accelerate's trackers: JSON lines (logs/metrics.jsonl) always, TensorBoard
+(logs/tensorboard/) when tensorboard is installed."""
 
 from __future__ import annotations
 
@@ -6,44 +7,44 @@ import json
 import time
 from pathlib import Path
 
+from accelerate.tracking import GeneralTracker, on_main_process
+from accelerate.utils import is_tensorboard_available
 
-class RunLog:
-    """Append scalars per step to metrics.jsonl and, when available, a TensorBoard event file."""
+METRICS = "metrics.jsonl"
+RUN_NAME = "tensorboard"  # accelerate's TensorBoard tracker writes to <logging_dir>/<run name>
 
-    def __init__(self, log_dir: Path, enabled: bool = True):
-        self.enabled = enabled
-        self.path = log_dir / "metrics.jsonl"
-        self.writer = None
-        self.backend = "jsonl"
-        if not enabled:
-            return
-        log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir / "tensorboard"))
-            self.backend = "jsonl+tensorboard"
-        except ImportError:
-            self.writer = None
+class JsonlTracker(GeneralTracker):
+    """An accelerate tracker appending {"step", "time", **values} per log call to metrics.jsonl."""
 
-    def describe(self) -> str:
-        """One line saying where logs go."""
-        if self.writer is not None:
-            return f"logs: {self.path} and TensorBoard events in {self.path.parent / 'tensorboard'}"
-        return f"logs: {self.path} (tensorboard is not installed: pip install tensorboard for event files)"
+    name = "jsonl"
+    requires_logging_directory = True
 
-    def write(self, step: int, values: dict[str, float]) -> None:
-        """Record scalars for a step."""
-        if not self.enabled:
-            return
+    def __init__(self, logging_dir: str | Path):
+        super().__init__()
+        self.path = Path(logging_dir) / METRICS
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    @on_main_process
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @on_main_process
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-            self.writer.flush()
 
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
-        if self.writer is not None:
-            self.writer.close()
+
+def trackers(logging_dir: Path) -> list:
+    """The Accelerator's log_with: JSON lines, and TensorBoard when installed."""
+    return [JsonlTracker(logging_dir)] + (["tensorboard"] if is_tensorboard_available() else [])
+
+
+def describe(logging_dir: Path) -> str:
+    """One line saying where logs go."""
+    if is_tensorboard_available():
+        return f"logs: {logging_dir / METRICS} and TensorBoard events in {logging_dir / RUN_NAME}"
+    return f"logs: {logging_dir / METRICS} (tensorboard is not installed: pip install tensorboard for event files)"
