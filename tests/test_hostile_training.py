@@ -15,6 +15,7 @@ from train_support import tiny_accelerated_run, train_in_process
 
 from gsq_core import CheckpointError
 from train import checkpointing
+from train.main import load_checkpoint, save_checkpoint
 
 SMOKE = REPO / "train" / "configs" / "smoke.yaml"
 
@@ -25,7 +26,7 @@ def write_checkpoints(root: Path, steps: tuple[int, ...] = (1, 2)):
     for step in steps:
         with torch.no_grad():
             model.weight.fill_(float(step))
-        checkpointing.save(accelerator, root, step, {}, keep=3)
+        save_checkpoint(accelerator, root, step, {}, keep=3)
     with torch.no_grad():
         model.weight.zero_()
     return accelerator, model
@@ -60,7 +61,7 @@ class Unsafe(dict):
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     accelerator, model = write_checkpoints(tmp_path)
     damage(checkpointing.step_directory(tmp_path, 2))
-    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    directory, state, notes = load_checkpoint(accelerator, tmp_path)
     assert state["step"] == 1 and directory == checkpointing.step_directory(tmp_path, 1)
     assert float(model.weight.detach()[0, 0]) == 1.0
     assert "step_00000002 is damaged" in notes[0] and "resuming from step_00000001" in notes[-1]
@@ -69,7 +70,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
 def test_unreadable_latest_pointer_falls_back_to_the_newest_complete_step(tmp_path):
     accelerator, model = write_checkpoints(tmp_path)
     (checkpointing.checkpoint_root(tmp_path) / checkpointing.LATEST).write_text("{not json")
-    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    directory, state, notes = load_checkpoint(accelerator, tmp_path)
     assert state["step"] == 2 and float(model.weight.detach()[0, 0]) == 2.0
     assert "latest.json" in notes[0]
 
@@ -79,7 +80,7 @@ def test_every_checkpoint_damaged_is_one_error_with_every_reason(tmp_path):
     for step in (1, 2):
         truncate(checkpointing.step_directory(tmp_path, step) / "custom_checkpoint_0.pkl")
     with pytest.raises(CheckpointError, match="no usable checkpoint") as caught:
-        checkpointing.load_resume_state(accelerator, tmp_path)
+        load_checkpoint(accelerator, tmp_path)
     assert "step_00000002" in str(caught.value) and "step_00000001" in str(caught.value)
     assert "\n" not in str(caught.value)
 

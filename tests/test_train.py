@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from gsq_core.errors import CheckpointError, ConfigError
+from train.main import load_checkpoint, save_checkpoint
 from train_support import fresh_accelerate_state, tiny_accelerated_run, train_in_process
 
 ROOT = Path(__file__).parents[1]
@@ -280,7 +281,7 @@ def test_killed_checkpoint_write_leaves_the_previous_latest(tmp_path):
     for step in (2, 4):
         with torch.no_grad():
             model.weight.fill_(float(step))
-        checkpointing.save(accelerator, tmp_path, step, {}, keep=2)
+        save_checkpoint(accelerator, tmp_path, step, {}, keep=2)
     # A run killed while writing step 6: partial files, never published.
     partial = checkpointing.partial_directory(tmp_path, 6)
     partial.mkdir()
@@ -289,12 +290,12 @@ def test_killed_checkpoint_write_leaves_the_previous_latest(tmp_path):
     assert checkpointing.list_complete(tmp_path) == [2, 4]
     with torch.no_grad():
         model.weight.zero_()
-    directory, state, notes = checkpointing.load_resume_state(accelerator, tmp_path)
+    directory, state, notes = load_checkpoint(accelerator, tmp_path)
     assert directory == checkpointing.step_directory(tmp_path, 4) and state["step"] == 4 and notes == []
     assert float(model.weight.detach()[0, 0]) == 4.0
     # Later checkpoints replace the leftover partial one and prune old steps.
     for step in (6, 8):
-        checkpointing.save(accelerator, tmp_path, step, {}, keep=2)
+        save_checkpoint(accelerator, tmp_path, step, {}, keep=2)
     assert checkpointing.list_complete(tmp_path) == [6, 8]
     assert not checkpointing.partial_directory(tmp_path, 6).exists()
     (checkpointing.checkpoint_root(tmp_path) / "latest.json").write_text('{"step": 8, "directory": "step_00000099"}')
@@ -399,12 +400,12 @@ def test_grad_scaler_state_is_saved_and_restored(tmp_path):
     trained = accelerator_with_scaler()
     trained.scaler.update(new_scale=1234.0)
     saved = trained.scaler.state_dict()
-    directory = checkpointing.save(trained, tmp_path, 7, {}, keep=2)
+    directory = save_checkpoint(trained, tmp_path, 7, {}, keep=2)
     assert "scaler.pt" in json.loads((directory / "state.json").read_text())["files"]
 
     resumed = accelerator_with_scaler()
     assert resumed.scaler.state_dict() != saved  # a fresh scaler starts at 65536
-    checkpointing.load_resume_state(resumed, tmp_path)
+    load_checkpoint(resumed, tmp_path)
     assert resumed.scaler.state_dict() == saved and resumed.scaler.get_scale() == 1234.0
     fresh_accelerate_state()
 

@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gsq_core.checkpoint import atomic_write
 from gsq_core.errors import CheckpointError, first_line
@@ -78,20 +80,20 @@ def manifest(directory: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def save(accelerator, output_dir: str | Path, step: int, facts: dict[str, Any], keep: int) -> Path:
-    """accelerator.save_state for `step` into a scratch folder (all processes take part), then state.json
-    with the manifest, then publish atomically. Returns the checkpoint's directory."""
+@contextmanager
+def staged(accelerator, output_dir: str | Path, step: int, facts: dict[str, Any], keep: int) -> Iterator[Path]:
+    """A scratch folder for `step`'s accelerator.save_state (train.main.save_checkpoint; all processes
+    take part); on leaving it, state.json with the manifest, then publish atomically."""
     partial = partial_directory(output_dir, step)
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    yield partial
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(partial / STATE, {**facts, "step": step, "files": manifest(partial)})
         publish(output_dir, step, keep)
     accelerator.wait_for_everyone()
-    return step_directory(output_dir, step)
 
 
 def publish(output_dir: str | Path, step: int, keep: int) -> Path:
@@ -190,11 +192,11 @@ def resume_candidates(output_dir: str | Path) -> tuple[list[Path], list[str]]:
     return ordered, notes
 
 
-def load_resume_state(
-    accelerator, output_dir: str | Path, check: Callable[[Path, dict[str, Any]], None] | None = None
+def load_newest(
+    output_dir: str | Path, load: Callable[[Path], None], check: Callable[[Path, dict[str, Any]], None] | None = None
 ) -> tuple[Path | None, dict[str, Any], list[str]]:
-    """accelerator.load_state from the newest checkpoint that verifies and loads, falling back to older
-    complete ones. `check(directory, state)` may raise RunError for a checkpoint of another run (no
+    """load(directory) (accelerator.load_state: train.main.load_checkpoint) from the newest checkpoint
+    that verifies and loads, falling back to older complete ones. `check(directory, state)` may raise RunError for a checkpoint of another run (no
     fallback). Returns (directory, its state.json, notes naming each damaged checkpoint and the one
     taken); (None, {}, notes) when the run has no checkpoint; CheckpointError (one line, every
     reason) when it has some but none is usable."""
@@ -206,7 +208,7 @@ def load_resume_state(
             if check is not None:
                 check(directory, state)
             try:
-                accelerator.load_state(str(directory))
+                load(directory)
             except Exception as error:  # weights that do not fit, files of another layout: damage
                 raise CheckpointError(f"{directory}: cannot be loaded ({first_line(error)})") from None
         except CheckpointError as error:

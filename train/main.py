@@ -326,9 +326,23 @@ def resolved_config(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, facts: dict, keep: int) -> Path:
+    """accelerator.save_state (the models, optimizers, schedulers, scaler, RNG and every object registered
+    for checkpointing) into a folder that appears atomically, with a manifest (train.checkpointing)."""
+    with checkpointing.staged(accelerator, output_dir, step, facts, keep) as partial:
+        accelerator.save_state(str(partial))
+    return checkpointing.step_directory(output_dir, step)
+
+
+def load_checkpoint(accelerator: Accelerator, output_dir: Path, check=None) -> tuple[Path | None, dict, list[str]]:
+    """accelerator.load_state from the newest checkpoint that verifies and loads, falling back past
+    damaged ones: (its directory or None, its state.json, notes)."""
+    return checkpointing.load_newest(output_dir, lambda directory: accelerator.load_state(str(directory)), check)
+
+
 def resume(accelerator: Accelerator, output_dir: Path, config: TrainConfig, progress: Progress) -> None:
-    """accelerator.load_state from the newest usable checkpoint (saying which, and what it skipped)."""
-    directory, state, notes = checkpointing.load_resume_state(
+    """Resume from the newest usable checkpoint (saying which, and what it skipped)."""
+    directory, state, notes = load_checkpoint(
         accelerator, output_dir, lambda path, saved: check_resumable(path, saved, config))
     if not accelerator.is_main_process:
         return
@@ -500,7 +514,7 @@ def train(args: argparse.Namespace) -> int:
         if progress.step % config.log.val_every == 0 and progress.step < max_steps:
             validate(progress.step)
         if progress.step % config.log.checkpoint_every == 0 or progress.step == max_steps:
-            checkpointing.save(accelerator, output_dir, progress.step, run_facts(config, world_size),
+            save_checkpoint(accelerator, output_dir, progress.step, run_facts(config, world_size),
                                config.log.keep_checkpoints)
     progress_bar.close()
     # -- end of the loop -----------------------------------------------------------------------------
