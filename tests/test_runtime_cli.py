@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FLEXGEN, assert_one_line_error, expected_vectors, run_module
+from conftest import FLEXGEN, REPO, assert_one_line_error, expected_vectors, run_module
 from PIL import Image
 
 from exporters.onnx import export_onnx
