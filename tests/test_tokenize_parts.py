@@ -177,6 +177,101 @@ def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_pat
         OutputFolder(tmp_path / "file" / "dst").open(overwrite=False)
 
 
+def test_open_takes_an_empty_folder_and_overwrite_empties_only_our_files(tmp_path):
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        (tmp_path / "plain-file").write_text("")
+        OutputFolder(tmp_path / "plain-file").open(overwrite=False)
+    dst = tmp_path / "dst"
+    (dst / "_staging" / "old-run").mkdir(parents=True)  # a killed first run: no manifest yet, only staging
+    (dst / "_lock").write_text("")
+    folder = OutputFolder(dst)
+    folder.open(overwrite=False)
+    assert folder.read_manifest() is None and (dst / "_staging" / "old-run").is_dir()
+    folder.write_manifest({"format": "gsq-tokens", "runs": []})
+    pq.write_table(token_table(["a"]), dst / "part-0.parquet")
+    (dst / "_failed.jsonl").write_text(json.dumps({"id": "x", "reason": "bad"}) + "\n")
+    (dst / "notes.txt").write_text("the user's")
+    folder.close()
+    again = OutputFolder(dst)
+    again.open(overwrite=False)  # ours (a manifest): kept as it is
+    assert again.committed_ids() == ["a"] and again.failures() == {"x": "bad"} and again.read_manifest() is not None
+    again.close()
+    cleared = OutputFolder(dst)
+    cleared.open(overwrite=True)
+    assert cleared.shard_paths() == [] and cleared.failures() == {} and cleared.read_manifest() is None
+    assert not (dst / "_staging").exists() and (dst / "notes.txt").read_text() == "the user's"
+    cleared.close()
+
+
+def test_the_lock_names_its_holder_and_is_free_after_close(tmp_path):
+    first = OutputFolder(tmp_path / "dst")
+    first.open(overwrite=False)
+    holder = f"pid {os.getpid()} on {os.uname().nodename}"
+    assert (tmp_path / "dst" / "_lock").read_text() == holder + "\n"
+    with pytest.raises(OutputError, match=f"another gsq-tokenize run \\({holder}\\) is writing here"):
+        OutputFolder(tmp_path / "dst").open(overwrite=False)
+    first.close()
+    first.close()  # twice is harmless
+    second = OutputFolder(tmp_path / "dst")
+    second.open(overwrite=False)  # free again; the stale holder line is replaced, not appended to
+    assert (tmp_path / "dst" / "_lock").read_text() == holder + "\n"
+    second.close()
+
+
+def test_manifest_round_trip_and_refusals(tmp_path):
+    folder = OutputFolder(tmp_path)
+    manifest = {"format": "gsq-tokens", "counts": {"tokenized": 3}, "note": "é"}
+    umask = os.umask(0o022)
+    try:
+        folder.write_manifest(manifest)
+    finally:
+        os.umask(umask)
+    assert folder.read_manifest() == manifest
+    assert (tmp_path / "_manifest.json").stat().st_mode & 0o777 == 0o644  # readable by others, as a plain file
+    assert (tmp_path / "_manifest.json").read_text().endswith("}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["_manifest.json"]  # no temporary left
+    (tmp_path / "_manifest.json").write_text("{not json")
+    with pytest.raises(OutputError, match=r"_manifest.json: not valid JSON .*pass --overwrite"):
+        folder.read_manifest()
+    for other in ([1, 2], {"format": "something-else"}):
+        (tmp_path / "_manifest.json").write_text(json.dumps(other))
+        with pytest.raises(OutputError, match="not a gsq-tokenize manifest; pass --overwrite"):
+            folder.read_manifest()
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    from gsq_dataset.output import write_text_atomically
+
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomically(tmp_path / "_failed.jsonl", "a lone surrogate \ud800")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_records_keep_the_first_reason_and_skip_what_is_not_a_record(tmp_path):
+    from gsq_dataset.output import read_failure_lines
+
+    record = tmp_path / "x.jsonl"
+    lines = [{"id": "a", "reason": "first"}, {"id": "a", "reason": "second"}, {"id": 7}, {"reason": "no id"}]
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines) + '[1, 2]\n"text"\n\n{"id": "cut')
+    assert read_failure_lines(record) == {"a": "first", "7": ""}
+
+
+def test_new_run_dirs_are_distinct_and_hold_shards_and_failed(tmp_path):
+    folder = OutputFolder(tmp_path)
+    runs = [folder.new_run_dir() for _ in range(2)]
+    assert runs[0] != runs[1] and all(run.parent == tmp_path / "_staging" for run in runs)
+    assert all((run / "shards").is_dir() and (run / "failed").is_dir() for run in runs)
+    (runs[1] / "shards").rmdir()  # a run killed before Ray made its folder: nothing of it to commit
+    (runs[1] / "failed" / "f.jsonl").write_text(json.dumps({"id": "bad", "reason": "corrupt"}) + "\n")
+    (runs[0] / "failed").rmdir()
+    pq.write_table(token_table(["a", "b"]), runs[0] / "shards" / "s.parquet")
+    (tmp_path / "_staging" / "stray.txt").write_text("not a run")
+    result = folder.commit_staging()
+    assert (result.shards, result.rows, result.failed) == (1, 2, 1)
+    assert folder.committed_ids() == ["a", "b"] and folder.failures() == {"bad": "corrupt"}
+    assert not folder.staging_path.exists()
+
+
 # -- the worker plan -----------------------------------------------------------------------------------
 def test_gpu_backends_ask_for_one_gpu_per_worker():
     assert uses_gpu("torch", {"device": "cuda"}) and uses_gpu("onnx", {"provider": "tensorrt"}) and uses_gpu("trt", {})
