@@ -200,7 +200,16 @@ def test_open_takes_an_empty_folder_and_overwrite_empties_only_our_files(tmp_pat
     cleared.open(overwrite=True)
     assert cleared.shard_paths() == [] and cleared.failures() == {} and cleared.read_manifest() is None
     assert not (dst / "_staging").exists() and (dst / "notes.txt").read_text() == "the user's"
+    cleared.write_manifest({"format": "gsq-tokens", "runs": []})
     cleared.close()
+    bare = OutputFolder(dst)
+    bare.open(overwrite=True)  # no failed list, no staging: nothing else to remove
+    assert bare.read_manifest() is None and (dst / "notes.txt").is_file()
+    bare.close()
+    nested = OutputFolder(tmp_path / "new" / "deeper" / "dst")
+    nested.open(overwrite=False)
+    assert nested.path.is_dir()
+    nested.close()
 
 
 def test_the_lock_names_its_holder_and_is_free_after_close(tmp_path):
@@ -212,6 +221,12 @@ def test_the_lock_names_its_holder_and_is_free_after_close(tmp_path):
         OutputFolder(tmp_path / "dst").open(overwrite=False)
     first.close()
     first.close()  # twice is harmless
+    import fcntl
+
+    with open(tmp_path / "dst" / "_lock", "w") as held:  # a run that has not written its line yet
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match=r"another gsq-tokenize run \(unknown\)"):
+            OutputFolder(tmp_path / "dst").open(overwrite=False)
     second = OutputFolder(tmp_path / "dst")
     second.open(overwrite=False)  # free again; the stale holder line is replaced, not appended to
     assert (tmp_path / "dst" / "_lock").read_text() == holder + "\n"
@@ -226,7 +241,7 @@ def test_manifest_round_trip_and_refusals(tmp_path):
         folder.write_manifest(manifest)
     finally:
         os.umask(umask)
-    assert folder.read_manifest() == manifest
+    assert folder.read_manifest() == manifest and list(folder.read_manifest()) == list(manifest)  # in written order
     assert (tmp_path / "_manifest.json").stat().st_mode & 0o777 == 0o644  # readable by others, as a plain file
     assert (tmp_path / "_manifest.json").read_text().endswith("}\n")
     assert [p.name for p in tmp_path.iterdir()] == ["_manifest.json"]  # no temporary left
@@ -239,9 +254,17 @@ def test_manifest_round_trip_and_refusals(tmp_path):
             folder.read_manifest()
 
 
-def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
+    import tempfile
+
     from gsq_dataset.output import write_text_atomically
 
+    other_filesystem = Path("/dev/shm")
+    if other_filesystem.is_dir() and other_filesystem.stat().st_dev != tmp_path.stat().st_dev:
+        monkeypatch.setattr(tempfile, "tempdir", str(other_filesystem))  # the temporary must sit beside the file
+    write_text_atomically(tmp_path / "_failed.jsonl", "ok\n")
+    assert (tmp_path / "_failed.jsonl").read_text() == "ok\n"
+    (tmp_path / "_failed.jsonl").unlink()
     with pytest.raises(UnicodeEncodeError):
         write_text_atomically(tmp_path / "_failed.jsonl", "a lone surrogate \ud800")
     assert list(tmp_path.iterdir()) == []
@@ -251,9 +274,10 @@ def test_failure_records_keep_the_first_reason_and_skip_what_is_not_a_record(tmp
     from gsq_dataset.output import read_failure_lines
 
     record = tmp_path / "x.jsonl"
-    lines = [{"id": "a", "reason": "first"}, {"id": "a", "reason": "second"}, {"id": 7}, {"reason": "no id"}]
-    record.write_text("".join(json.dumps(line) + "\n" for line in lines) + '[1, 2]\n"text"\n\n{"id": "cut')
-    assert read_failure_lines(record) == {"a": "first", "7": ""}
+    lines = ['{"id": "a", "reason": "first"}', "not json", '{"id": "a", "reason": "second"}', "[1, 2]", '"text"']
+    lines += ["", '{"id": 7}', '{"reason": "no id"}', '{"id": "b", "reason": "é"}', '{"id": "cut']
+    record.write_text("\n".join(lines), encoding="utf-8")
+    assert read_failure_lines(record) == {"a": "first", "7": "", "b": "é"}
 
 
 def test_new_run_dirs_are_distinct_and_hold_shards_and_failed(tmp_path):

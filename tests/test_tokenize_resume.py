@@ -52,7 +52,9 @@ STAGED_FAILURES = {
         "x.jsonl": [("f1", "f1: truncated"), ("a2", "a2: failed once, tokenized on retry")],
         ".y.jsonl.tmp": [("f9", "f9: a worker killed before its rename")],
     },
-    "20260101-000001-bbbbbbbb": {"z.jsonl": [("f2", "f2: no image bytes"), ("f0", "f0: listed again")]},
+    "20260101-000001-bbbbbbbb": {
+        "z.jsonl": [("f2", "f2: no image bytes — é"), ("f0", "f0: listed again"), ("f1", "f1: listed by a later run")]
+    },
 }
 EXPECTED_SHARDS = {
     "earlier-000.parquet": ["p0", "p1", "p2"],
@@ -61,7 +63,7 @@ EXPECTED_SHARDS = {
     "a-002.parquet": ["a4"],
     "b-000.parquet": ["b0", "b1"],
 }
-EXPECTED_FAILURES = {"f0": "f0: corrupt (an earlier run)", "f1": "f1: truncated", "f2": "f2: no image bytes"}
+EXPECTED_FAILURES = {"f0": "f0: corrupt (an earlier run)", "f1": "f1: truncated", "f2": "f2: no image bytes — é"}
 EXPECTED_COMMIT = CommitResult(shards=4, rows=7, failed=2, dropped_partial=1, dropped_duplicates=4)
 
 
@@ -139,6 +141,7 @@ def test_uninterrupted_commit_keeps_every_id_once_with_its_own_row(tmp_path):
     ids = [row["id"] for rows in state["shards"].values() for row in rows]
     assert sorted(ids) == sorted(set(ids)) == sorted(i for ids in EXPECTED_SHARDS.values() for i in ids)
     assert state == EXPECTED_STATE  # tokens, labels and grid sizes of each id's own row
+    assert "no image bytes — é" in (tmp_path / "dst" / "_failed.jsonl").read_text(encoding="utf-8")  # written as is, not as \\u00e9
     folder = OutputFolder(tmp_path / "dst")
     assert folder.done_ids() == set(ids) | set(EXPECTED_FAILURES)
     assert folder.counts() == {"tokenized": 10, "shards": 5, "failed": 3}
