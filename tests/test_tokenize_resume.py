@@ -44,9 +44,10 @@ STAGED = {  # run folder -> shard name -> ids; sorted order is commit order
     "20260101-000001-bbbbbbbb": {
         "b-000.parquet": ["b0", "p2", "b1"],  # rewritten without p2
         "b-001.parquet": ["p0"],  # nothing new: not committed
+        "b-002.parquet": ["b2", "b3"],  # cut short too
     },
 }
-CUT_SHARDS = {"a-003.parquet"}
+CUT_SHARDS = {"a-003.parquet", "b-002.parquet"}
 STAGED_FAILURES = {
     "20260101-000000-aaaaaaaa": {
         "x.jsonl": [("f1", "f1: truncated"), ("a2", "a2: failed once, tokenized on retry")],
@@ -64,7 +65,7 @@ EXPECTED_SHARDS = {
     "b-000.parquet": ["b0", "b1"],
 }
 EXPECTED_FAILURES = {"f0": "f0: corrupt (an earlier run)", "f1": "f1: truncated", "f2": "f2: no image bytes — é"}
-EXPECTED_COMMIT = CommitResult(shards=4, rows=7, failed=2, dropped_partial=1, dropped_duplicates=4)
+EXPECTED_COMMIT = CommitResult(shards=4, rows=7, failed=2, dropped_partial=2, dropped_duplicates=4)
 
 
 def token_row(sample_id: str) -> dict[str, Any]:
