@@ -227,6 +227,8 @@ def test_a_commit_killed_at_any_step_then_rerun_equals_the_uninterrupted_commit(
         if step is None:
             break
         steps.append(step)
+        visible = {p.name for p in dst.iterdir() if not p.name.startswith((".", "_"))}  # what readers discover
+        assert visible <= set(EXPECTED_SHARDS), f"killed {step}: {sorted(visible)}"
         commit(dst)
         assert committed_state(dst) == EXPECTED_STATE, f"killed {step}"
         shutil.rmtree(dst)
