@@ -164,7 +164,7 @@ def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_pat
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "keep.jpg").write_bytes(b"mine")
-    with pytest.raises(OutputError, match="not a gsq-tokenize output"):
+    with pytest.raises(OutputError, match="not a gsq-tokenize output\\); choose a new or empty folder"):
         OutputFolder(foreign).open(overwrite=True)
     assert (foreign / "keep.jpg").read_bytes() == b"mine"
     first = OutputFolder(tmp_path / "dst")
@@ -206,6 +206,11 @@ def test_open_takes_an_empty_folder_and_overwrite_empties_only_our_files(tmp_pat
     bare.open(overwrite=True)  # no failed list, no staging: nothing else to remove
     assert bare.read_manifest() is None and (dst / "notes.txt").is_file()
     bare.close()
+    with pytest.raises(OutputError, match=r"x{300}: cannot be used \(File name too long\)"):
+        OutputFolder(tmp_path / ("x" * 300)).open(overwrite=False)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "at-all")  # its parent is writable, DST cannot be made
+    with pytest.raises(OutputError, match=r"dangling/dst: cannot create it \(File exists\)"):
+        OutputFolder(tmp_path / "dangling" / "dst").open(overwrite=False)
     nested = OutputFolder(tmp_path / "new" / "deeper" / "dst")
     nested.open(overwrite=False)
     assert nested.path.is_dir()
@@ -213,6 +218,7 @@ def test_open_takes_an_empty_folder_and_overwrite_empties_only_our_files(tmp_pat
 
 
 def test_the_lock_names_its_holder_and_is_free_after_close(tmp_path):
+    OutputFolder(tmp_path / "never-opened").close()  # nothing to release
     first = OutputFolder(tmp_path / "dst")
     first.open(overwrite=False)
     holder = f"pid {os.getpid()} on {os.uname().nodename}"
