@@ -249,7 +249,8 @@ def test_manifest_round_trip_and_refusals(tmp_path):
         os.umask(umask)
     assert folder.read_manifest() == manifest and list(folder.read_manifest()) == list(manifest)  # in written order
     assert (tmp_path / "_manifest.json").stat().st_mode & 0o777 == 0o644  # readable by others, as a plain file
-    assert (tmp_path / "_manifest.json").read_text().endswith("}\n")
+    text = (tmp_path / "_manifest.json").read_text()
+    assert text.splitlines()[:3] == ["{", '  "format": "gsq-tokens",', '  "counts": {'] and text.endswith("}\n")  # for people
     assert [p.name for p in tmp_path.iterdir()] == ["_manifest.json"]  # no temporary left
     (tmp_path / "_manifest.json").write_text("{not json")
     with pytest.raises(OutputError, match=r"_manifest.json: not valid JSON .*pass --overwrite"):
