@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=2000, help="files for the Ray Data checkpointing pipeline")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    args.out = args.out.absolute()  # CheckpointConfig takes only absolute paths or URIs
     if args.out.exists():
         if not args.overwrite:
             print(f"error: {args.out}: already exists; pass --overwrite", file=sys.stderr)

@@ -98,7 +98,11 @@ class OutputFolder:
     # -- opening ----------------------------------------------------------------------------------
     def open(self, overwrite: bool) -> None:
         """Create DST (or check it is ours), take the run lock, and with overwrite empty it."""
-        if self.path.exists() and not self.path.is_dir():
+        try:
+            is_other = self.path.exists() and not self.path.is_dir()
+        except OSError as error:  # a name too long, a folder on the way that is not ours to read...
+            raise OutputError(f"{self.path}: cannot be used ({error.strerror or error})") from None
+        if is_other:
             raise OutputError(f"{self.path}: exists and is not a folder")
         ours = self.manifest_path.is_file()
         if self.path.is_dir() and not ours:

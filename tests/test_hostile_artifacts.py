@@ -159,11 +159,17 @@ def test_manifest_fields_of_the_wrong_type_are_one_line(artifact, tamper, fragme
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_lookup_section_accepts_new_fields(artifact):
+def test_lookup_section_accepts_new_fields(artifact, exported):
     folder, manifest = artifact
     manifest["lookup"].update(row_block=4096, method="blocked", options={"any": "thing"})  # a newer exporter's
     write_manifest(folder, manifest)
-    load_artifact(folder)
+    loaded, original = load_artifact(folder), load_artifact(exported)
+    assert loaded.manifest["lookup"] == manifest["lookup"]  # kept as written, the new fields included
+    assert loaded.lookup_scratch_bytes_per_vector == original.lookup_scratch_bytes_per_vector
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    codes = load_runtime("onnx", folder).encode(images)
+    assert codes.shape == (2, 8, 8, loaded.num_group)
+    np.testing.assert_array_equal(codes, load_runtime("onnx", exported).encode(images))  # runs as before
 
 
 def test_nested_and_oversized_manifests_are_one_line(artifact):

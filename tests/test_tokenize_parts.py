@@ -165,7 +165,7 @@ def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_pat
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "keep.jpg").write_bytes(b"mine")
-    with pytest.raises(OutputError, match="not a gsq-tokenize output"):
+    with pytest.raises(OutputError, match="not a gsq-tokenize output\\); choose a new or empty folder"):
         OutputFolder(foreign).open(overwrite=True)
     assert (foreign / "keep.jpg").read_bytes() == b"mine"
     first = OutputFolder(tmp_path / "dst")
@@ -176,6 +176,132 @@ def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_pat
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         OutputFolder(tmp_path / "file" / "dst").open(overwrite=False)
+
+
+def test_open_takes_an_empty_folder_and_overwrite_empties_only_our_files(tmp_path):
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        (tmp_path / "plain-file").write_text("")
+        OutputFolder(tmp_path / "plain-file").open(overwrite=False)
+    dst = tmp_path / "dst"
+    (dst / "_staging" / "old-run").mkdir(parents=True)  # a killed first run: no manifest yet, only staging
+    (dst / "_lock").write_text("")
+    folder = OutputFolder(dst)
+    folder.open(overwrite=False)
+    assert folder.read_manifest() is None and (dst / "_staging" / "old-run").is_dir()
+    folder.write_manifest({"format": "gsq-tokens", "runs": []})
+    pq.write_table(token_table(["a"]), dst / "part-0.parquet")
+    (dst / "_failed.jsonl").write_text(json.dumps({"id": "x", "reason": "bad"}) + "\n")
+    (dst / "notes.txt").write_text("the user's")
+    folder.close()
+    again = OutputFolder(dst)
+    again.open(overwrite=False)  # ours (a manifest): kept as it is
+    assert again.committed_ids() == ["a"] and again.failures() == {"x": "bad"} and again.read_manifest() is not None
+    again.close()
+    cleared = OutputFolder(dst)
+    cleared.open(overwrite=True)
+    assert cleared.shard_paths() == [] and cleared.failures() == {} and cleared.read_manifest() is None
+    assert not (dst / "_staging").exists() and (dst / "notes.txt").read_text() == "the user's"
+    cleared.write_manifest({"format": "gsq-tokens", "runs": []})
+    cleared.close()
+    bare = OutputFolder(dst)
+    bare.open(overwrite=True)  # no failed list, no staging: nothing else to remove
+    assert bare.read_manifest() is None and (dst / "notes.txt").is_file()
+    bare.close()
+    with pytest.raises(OutputError, match=r"x{300}: cannot be used \(File name too long\)"):
+        OutputFolder(tmp_path / ("x" * 300)).open(overwrite=False)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "at-all")  # its parent is writable, DST cannot be made
+    with pytest.raises(OutputError, match=r"dangling/dst: cannot create it \(File exists\)"):
+        OutputFolder(tmp_path / "dangling" / "dst").open(overwrite=False)
+    nested = OutputFolder(tmp_path / "new" / "deeper" / "dst")
+    nested.open(overwrite=False)
+    assert nested.path.is_dir()
+    nested.close()
+
+
+def test_the_lock_names_its_holder_and_is_free_after_close(tmp_path):
+    OutputFolder(tmp_path / "never-opened").close()  # nothing to release
+    first = OutputFolder(tmp_path / "dst")
+    first.open(overwrite=False)
+    holder = f"pid {os.getpid()} on {os.uname().nodename}"
+    assert (tmp_path / "dst" / "_lock").read_text() == holder + "\n"
+    with pytest.raises(OutputError, match=f"another gsq-tokenize run \\({holder}\\) is writing here"):
+        OutputFolder(tmp_path / "dst").open(overwrite=False)
+    first.close()
+    first.close()  # twice is harmless
+    import fcntl
+
+    with open(tmp_path / "dst" / "_lock", "w") as held:  # a run that has not written its line yet
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match=r"another gsq-tokenize run \(unknown\)"):
+            OutputFolder(tmp_path / "dst").open(overwrite=False)
+    second = OutputFolder(tmp_path / "dst")
+    second.open(overwrite=False)  # free again; the stale holder line is replaced, not appended to
+    assert (tmp_path / "dst" / "_lock").read_text() == holder + "\n"
+    second.close()
+
+
+def test_manifest_round_trip_and_refusals(tmp_path):
+    folder = OutputFolder(tmp_path)
+    manifest = {"format": "gsq-tokens", "counts": {"tokenized": 3}, "note": "é"}
+    umask = os.umask(0o022)
+    try:
+        folder.write_manifest(manifest)
+    finally:
+        os.umask(umask)
+    assert folder.read_manifest() == manifest and list(folder.read_manifest()) == list(manifest)  # in written order
+    assert (tmp_path / "_manifest.json").stat().st_mode & 0o777 == 0o644  # readable by others, as a plain file
+    text = (tmp_path / "_manifest.json").read_text()
+    assert text.splitlines()[:3] == ["{", '  "format": "gsq-tokens",', '  "counts": {'] and text.endswith("}\n")  # for people
+    assert [p.name for p in tmp_path.iterdir()] == ["_manifest.json"]  # no temporary left
+    (tmp_path / "_manifest.json").write_text("{not json")
+    with pytest.raises(OutputError, match=r"_manifest.json: not valid JSON .*pass --overwrite"):
+        folder.read_manifest()
+    for other in ([1, 2], {"format": "something-else"}):
+        (tmp_path / "_manifest.json").write_text(json.dumps(other))
+        with pytest.raises(OutputError, match="not a gsq-tokenize manifest; pass --overwrite"):
+            folder.read_manifest()
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    from gsq_dataset.output import write_text_atomically
+
+    other_filesystem = Path("/dev/shm")
+    if other_filesystem.is_dir() and other_filesystem.stat().st_dev != tmp_path.stat().st_dev:
+        monkeypatch.setattr(tempfile, "tempdir", str(other_filesystem))  # the temporary must sit beside the file
+    write_text_atomically(tmp_path / "_failed.jsonl", "ok\n")
+    assert (tmp_path / "_failed.jsonl").read_text() == "ok\n"
+    (tmp_path / "_failed.jsonl").unlink()
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomically(tmp_path / "_failed.jsonl", "a lone surrogate \ud800")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_records_keep_the_first_reason_and_skip_what_is_not_a_record(tmp_path):
+    from gsq_dataset.output import read_failure_lines
+
+    record = tmp_path / "x.jsonl"
+    lines = ['{"id": "a", "reason": "first"}', "not json", '{"id": "a", "reason": "second"}', "[1, 2]", '"text"']
+    lines += ["", '{"id": 7}', '{"reason": "no id"}', '{"id": "b", "reason": "é"}', '{"id": "cut']
+    record.write_text("\n".join(lines), encoding="utf-8")
+    assert read_failure_lines(record) == {"a": "first", "7": "", "b": "é"}
+
+
+def test_new_run_dirs_are_distinct_and_hold_shards_and_failed(tmp_path):
+    folder = OutputFolder(tmp_path)
+    runs = [folder.new_run_dir() for _ in range(2)]
+    assert runs[0] != runs[1] and all(run.parent == tmp_path / "_staging" for run in runs)
+    assert all((run / "shards").is_dir() and (run / "failed").is_dir() for run in runs)
+    (runs[1] / "shards").rmdir()  # a run killed before Ray made its folder: nothing of it to commit
+    (runs[1] / "failed" / "f.jsonl").write_text(json.dumps({"id": "bad", "reason": "corrupt"}) + "\n")
+    (runs[0] / "failed").rmdir()
+    pq.write_table(token_table(["a", "b"]), runs[0] / "shards" / "s.parquet")
+    (tmp_path / "_staging" / "stray.txt").write_text("not a run")
+    result = folder.commit_staging()
+    assert (result.shards, result.rows, result.failed) == (1, 2, 1)
+    assert folder.committed_ids() == ["a", "b"] and folder.failures() == {"bad": "corrupt"}
+    assert not folder.staging_path.exists()
 
 
 # -- the worker plan -----------------------------------------------------------------------------------
