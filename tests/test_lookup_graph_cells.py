@@ -101,13 +101,16 @@ def circle_codebook(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def line_codebook(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """d = 1 values in [-1, 1] (clip normalisation) and the special ids: both ends, 0 and -0, +-1e-30,
-    a tight cluster in a hole, a second hole, duplicates."""
+    """d = 1 values in [-1, 1] (clip normalisation) and the special ids: both ends (so the grid's
+    offset is -1 and its scale a power of two: 0.28125 and 0.296875 are edges of every grid of >= 128
+    cells), 0 and -0, +-1e-30, the cluster at the bottom of the cell [0.28125, 0.296875) of the chosen
+    grid for V = 1,024 (128 cells) and within one cell of the finest grid, its sentinel just past
+    0.296875, two holes, duplicates."""
     rng = np.random.default_rng(size + 1)
-    holes = ((-0.6, -0.4), (0.29, 0.31))
+    holes = ((-0.6, -0.4), (0.25, 0.35))
     special = np.concatenate([
-        np.array([-1.0, 1.0, 0.0, -0.0, 1e-30, -1e-30, -0.6, -0.4, 0.31], F32),
-        (0.3 + np.arange(CLUSTER) * 1e-6).astype(F32),
+        np.array([-1.0, 1.0, 0.0, -0.0, 1e-30, -1e-30, -0.6, -0.4, 0.25, 0.35, 0.296875 + 1e-4], F32),
+        (0.28125 + 1e-6 + np.arange(CLUSTER) * 1.5e-7).astype(F32),
     ])  # fmt: skip
     count = size - len(special) - 32
     values = _outside_holes(rng.uniform(-1, 1, 2 * count), holes)[:count].astype(F32)
@@ -310,7 +313,7 @@ def line_probes(model, tables, special, budget, rng) -> tuple[np.ndarray, np.nda
     at = (tables.key_offset + edges / np.float64(tables.key_scale)).astype(F32)
     placed = np.concatenate([_ulps(at, k) for k in range(-2, 3)])
     sample = np.sort(values[np.unique(np.concatenate([special, rng.choice(len(values), others_budget // 3)]))])
-    fixed = np.array([0, -0.0, 1, -1, 1.5, -7, 1e-38, -1e-38, 0.3, 0.30001, -0.5, -0.4, 1e-30], F32)
+    fixed = np.array([0, -0.0, 1, -1, 1.5, -7, 1e-38, -1e-38, 0.3, 0.296875, 0.3125, -0.5, -0.4, 1e-30], F32)
     noise = rng.uniform(-1.2, 1.2, max(0, others_budget - 2 * len(sample) - len(fixed))).astype(F32)
     others = np.concatenate([sample, ((sample[1:] + sample[:-1]) / 2).astype(F32), fixed, noise])
     vectors = np.concatenate([placed, others])[:, None].astype(F32)
@@ -435,3 +438,22 @@ def test_key_rounding_across_an_edge_keeps_the_nearest_code(dim):
     plan = plan_lookup(codes, bias, "l2" if dim == 2 else "clip", 65536)
     assert plan.method == "window", plan.reason
     assert nearest_in_window(plan.window, codes, probe).all(), "the probe's own code is not in its cell's window"
+
+
+def test_plan_facts_are_the_tables_sizes():
+    """The manifest's lookup facts: window, cells, stride, table bytes and scratch per vector are those
+    of the tables; a dense plan states its code blocks and a score row's scratch."""
+    model, tables, _, _, _, _ = planned(2, 1024)
+    plan = lookup_plan(model)
+    facts = plan.manifest_facts()
+    arrays = [tables.cell_row, tables.weight, tables.index, tables.extra_weight, tables.extra_index]
+    assert facts["method"] == "window" and facts["window"] == tables.window == tables.weight.shape[2]
+    assert facts["cells"] == tables.cells == 8 * tables.cells_per_octant and facts["stride"] == tables.stride
+    assert facts["table_bytes"] == tables.table_bytes == sum(array.nbytes for array in arrays)
+    assert facts["extra_codes"] == 0 and tables.scored_per_vector == tables.window
+    assert facts["scratch_bytes_per_vector"] == 4 * (2 + 2) * tables.window  # x, y, score, id per candidate
+    assert 0 < facts["gap_bound"] < 1e-6 and "code_blocks" not in facts
+    codes = model.quantizer.lookup_tables().weight.numpy()
+    dense = plan_lookup(np.concatenate([codes, np.zeros((20, 2), F32)]), None, "l2", 300)
+    assert dense.method == "dense" and "off the unit circle" in dense.reason
+    assert dense.manifest_facts()["code_blocks"] == 4 and dense.scratch_bytes_per_vector() == 4 * 300
