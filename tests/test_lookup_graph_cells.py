@@ -452,8 +452,15 @@ def test_plan_facts_are_the_tables_sizes():
     assert facts["table_bytes"] == tables.table_bytes == sum(array.nbytes for array in arrays)
     assert facts["extra_codes"] == 0 and tables.scored_per_vector == tables.window
     assert facts["scratch_bytes_per_vector"] == 4 * (2 + 2) * tables.window  # x, y, score, id per candidate
-    assert 0 < facts["gap_bound"] < 1e-6 and "code_blocks" not in facts
+    assert 0 < facts["gap_bound"] < 1e-6 and facts["gap_bound"] == tables.gap_bound
+    assert facts["reason"] == plan.reason and facts["code_block"] == plan.code_block == 65536
+    assert set(facts) == {"method", "reason", "code_block", "scratch_bytes_per_vector", "window", "cells",
+                          "extra_codes", "stride", "table_bytes", "gap_bound"}  # fmt: skip
+    line_model, line_tables, _, _, _, _ = planned(1, 1024)
+    assert line_tables.bias is not None  # d = 1 distance scores: value, bias, score, id per candidate
+    assert lookup_plan(line_model).scratch_bytes_per_vector() == 4 * (1 + 2 + 1) * line_tables.window
     codes = model.quantizer.lookup_tables().weight.numpy()
     dense = plan_lookup(np.concatenate([codes, np.zeros((20, 2), F32)]), None, "l2", 300)
     assert dense.method == "dense" and "off the unit circle" in dense.reason
-    assert dense.manifest_facts()["code_blocks"] == 4 and dense.scratch_bytes_per_vector() == 4 * 300
+    assert dense.manifest_facts() == {"method": "dense", "reason": dense.reason, "code_block": 300, "code_blocks": 4,
+                                      "scratch_bytes_per_vector": 4 * 300}  # fmt: skip
