@@ -80,8 +80,10 @@ def _outside_holes(values: np.ndarray, holes) -> np.ndarray:
 
 def circle_codebook(size: int) -> tuple[np.ndarray, np.ndarray]:
     """d = 2 codes on the unit circle and the ids of the special ones: the 8 axis and diagonal codes,
-    codes either side of +-pi, the cluster and its sentinel inside a hole, a second hole, 16 exact
-    duplicates at lower and 16 at higher ids; the rest random."""
+    codes either side of +-pi, the cluster and its sentinel inside a hole, a second hole, two zero
+    rows (the graph then keeps the distance bias and scores them for every vector: a vector shorter
+    than 1/2 would pick them if it were not normalised), 16 exact duplicates at lower and 16 at higher
+    ids; the rest random."""
     rng = np.random.default_rng(size)
     s = F32(math.sqrt(0.5))
     compass = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [s, s], [-s, s], [-s, -s], [s, -s]], F32)
@@ -90,6 +92,7 @@ def circle_codebook(size: int) -> tuple[np.ndarray, np.ndarray]:
         _unit_f32(np.array([math.pi - 1e-6, -math.pi + 2e-6, math.pi - 3e-4, SENTINEL])),
         _unit_f32(CLUSTER_START + np.arange(CLUSTER) * 3e-7),
         _unit_f32(np.array([hole for pair in HOLES for hole in pair])),  # the hole ends
+        np.zeros((2, 2), F32),
     ])  # fmt: skip
     count = size - len(special) - 32
     angles = _outside_holes(rng.uniform(-math.pi, math.pi, 2 * count), HOLES)[:count]
@@ -296,6 +299,7 @@ def circle_probes(model, tables, special, budget, rng) -> tuple[np.ndarray, np.n
         np.stack([directions[:, 0], _ulps(directions[:, 1], k)], axis=1) for k in (-1, 1)
     ])  # fmt: skip
     noise = rng.standard_normal((max(0, others_budget - len(directions) - len(TINY)), 2)).astype(F32)
+    noise[::2] *= F32(0.2)  # half of them shorter than 1/2
     others = np.concatenate([directions, TINY, noise]).astype(F32)
     return np.concatenate([placed, others]), np.concatenate([np.ones(len(placed), bool), np.zeros(len(others), bool)])
 
@@ -446,12 +450,15 @@ def test_plan_facts_are_the_tables_sizes():
     model, tables, _, _, _, _ = planned(2, 1024)
     plan = lookup_plan(model)
     facts = plan.manifest_facts()
-    arrays = [tables.cell_row, tables.weight, tables.index, tables.extra_weight, tables.extra_index]
+    arrays = [tables.cell_row, tables.weight, tables.index, tables.extra_weight, tables.extra_index,
+              tables.bias, tables.extra_bias]  # fmt: skip
     assert facts["method"] == "window" and facts["window"] == tables.window == tables.weight.shape[2]
     assert facts["cells"] == tables.cells == 8 * tables.cells_per_octant and facts["stride"] == tables.stride
     assert facts["table_bytes"] == tables.table_bytes == sum(array.nbytes for array in arrays)
-    assert facts["extra_codes"] == 0 and tables.scored_per_vector == tables.window
-    assert facts["scratch_bytes_per_vector"] == 4 * (2 + 2) * tables.window  # x, y, score, id per candidate
+    zero_rows = int((~model.quantizer.lookup_tables().weight.numpy().any(axis=1)).sum())  # 2, and copies
+    assert facts["extra_codes"] == zero_rows >= 2 and tables.scored_per_vector == tables.window + zero_rows
+    # x, y, bias, score and id per candidate
+    assert facts["scratch_bytes_per_vector"] == 4 * (2 + 2 + 1) * (tables.window + zero_rows)
     assert 0 < facts["gap_bound"] < 1e-6 and facts["gap_bound"] == tables.gap_bound
     assert facts["reason"] == plan.reason and facts["code_block"] == plan.code_block == 65536
     assert set(facts) == {"method", "reason", "code_block", "scratch_bytes_per_vector", "window", "cells",
