@@ -471,3 +471,18 @@ def test_plan_facts_are_the_tables_sizes():
     assert dense.method == "dense" and "off the unit circle" in dense.reason
     assert dense.manifest_facts() == {"method": "dense", "reason": dense.reason, "code_block": 300, "code_blocks": 4,
                                       "scratch_bytes_per_vector": 4 * 300}  # fmt: skip
+
+
+def test_window_module_far_from_every_code_and_on_nan():
+    """Codes at 0 and pi and a zero row (the bias is kept, the zero row scored for every vector): a
+    vector 61.5 degrees from both unit codes scores cos - 1/2 < 0 against them once normalised to
+    length 1, so it picks the zero row; at 50 degrees the code at 0 wins; a NaN vector gets code 0."""
+    codes = np.array([[1, 0], [-1, 0], [0, 0]], F32)
+    plan = plan_lookup(codes, (F32(-0.5) * (codes * codes).sum(axis=1)).astype(F32), "l2", 65536)
+    assert plan.method == "window" and plan.window.extra_index.tolist() == [2.0]
+    module = WindowLookup(plan.window, "l2", 3)
+    far, near = math.radians(61.5), math.radians(50)
+    vectors = np.array([[2 * math.cos(far), 2 * math.sin(far)], [math.nan, math.nan],
+                        [3 * math.cos(near), 3 * math.sin(near)], [0.1 * math.cos(near), 0.1 * math.sin(near)]], F32)
+    with torch.no_grad():
+        assert module(torch.from_numpy(vectors)).tolist() == [2, 0, 0, 0]
