@@ -486,3 +486,29 @@ def test_window_module_far_from_every_code_and_on_nan():
                         [3 * math.cos(near), 3 * math.sin(near)], [0.1 * math.cos(near), 0.1 * math.sin(near)]], F32)
     with torch.no_grad():
         assert module(torch.from_numpy(vectors)).tolist() == [2, 0, 0, 0]
+
+
+def test_line_plan_keeps_one_code_per_value_and_counts_codes_off_the_band():
+    """d = 1 planning rules: without a bias, codes of one magnitude are distances of one offset (a
+    window); of equal values the best bias is kept, then the lowest id (also among 300 copies each);
+    up to 16 codes off the band are scored for every vector, 17 make the lookup dense."""
+    plan = plan_lookup(np.array([[0.5], [-0.5], [0.5]], F32), None, "none", 65536)
+    assert plan.method == "window" and sorted(set(plan.window.index.reshape(-1).tolist())) == [0.0, 1.0]
+    values = np.repeat(np.array([-0.75, -0.25, 0.25, 0.75], F32), 300)
+    order = np.random.default_rng(0).permutation(len(values))
+    values = values[order]
+    plan = plan_lookup(values[:, None], F32(-0.5) * values * values, "clip", 65536)
+    kept = sorted(set(plan.window.index.reshape(-1).astype(int).tolist()))
+    assert kept == sorted(int(np.flatnonzero(values == value)[0]) for value in (-0.75, -0.25, 0.25, 0.75))
+    better = plan_lookup(np.array([[0.5], [0.5], [-0.5]], F32), np.array([-0.125, -0.125 + 4e-7, -0.125], F32), "clip", 65536)
+    assert sorted(set(better.window.index.reshape(-1).tolist())) == [1.0, 2.0]  # 0.5 with the better bias
+    base = np.linspace(-1, 1, 64).astype(F32)
+    for off_band, method in ((16, "window"), (17, "dense")):
+        codes = np.concatenate([base, np.linspace(0.1, 0.9, off_band).astype(F32)])
+        bias = np.concatenate([F32(-0.5) * base * base, np.zeros(off_band, F32)]).astype(F32)
+        plan = plan_lookup(codes[:, None], bias, "clip", 65536)
+        assert plan.method == method, plan.reason
+        if method == "window":
+            assert sorted(plan.window.extra_index.astype(int).tolist()) == list(range(64, 64 + off_band))
+        else:
+            assert "17 codes' scores are not distances of one offset" in plan.reason and "varies by 0.405" in plan.reason
