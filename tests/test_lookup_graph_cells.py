@@ -512,3 +512,15 @@ def test_line_plan_keeps_one_code_per_value_and_counts_codes_off_the_band():
             assert sorted(plan.window.extra_index.astype(int).tolist()) == list(range(64, 64 + off_band))
         else:
             assert "17 codes' scores are not distances of one offset" in plan.reason and "varies by 0.405" in plan.reason
+
+
+def test_line_plan_of_one_distinct_value_is_one_open_cell():
+    """All codes one value: scale 0, one cell open to both sides, every vector gets the lowest id."""
+    plan = plan_lookup(np.full((8, 1), 0.25, F32), np.full(8, -0.03125, F32), "clip", 65536)
+    tables = plan.window
+    assert plan.method == "window" and tables.cells == 1 and tables.window == 1 and tables.key_scale == 0.0
+    assert tables.index.tolist() == [[0.0]] and tables.cell_row.tolist() == [0]
+    module = WindowLookup(tables, "clip", 8)
+    with torch.no_grad():
+        codes = module(torch.tensor([[-5.0], [0.0], [0.25], [0.3], [7.0]]))
+    assert codes.tolist() == [0, 0, 0, 0, 0]
