@@ -56,7 +56,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return run_in_chunks(lambda chunk: self.run_graph("encoder", chunk), images, limit)',
         'return run_in_chunks(lambda chunk: self.run_graph("encoder", chunk), images, limit) * np.float32(1.001)',
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     Fault(
         "onnx-graph-output-off-1e-3",
@@ -65,7 +65,7 @@ FAULTS: tuple[Fault, ...] = (
         "return run_in_chunks(run, value, self._lookup_batch_limit(name, value))",
         "out = run_in_chunks(run, value, self._lookup_batch_limit(name, value))\n"
         "        return out * np.float32(1.001) if out.dtype == np.float32 else out",
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     Fault(
         "runtime-codes-groups-permuted",
@@ -73,7 +73,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return self.run_graph("tokenize", images)',
         'return np.ascontiguousarray(self.run_graph("tokenize", images)[..., ::-1])',
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     Fault(
         "runtime-codes-positions-permuted",
@@ -81,7 +81,7 @@ FAULTS: tuple[Fault, ...] = (
         "runtimes/base.py",
         'return self.run_graph("tokenize", images)',
         'return np.ascontiguousarray(self.run_graph("tokenize", images)[:, :, ::-1])',
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     # -- the exported graphs --------------------------------------------------------------------------------
     Fault(
@@ -90,7 +90,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "return flat_codes.reshape(batch, height, width, self.num_group)",
         "return flat_codes.reshape(batch, height, width, self.num_group).flip(-1)",
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     Fault(
         "graph-codes-positions-permuted",
@@ -98,7 +98,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "return flat_codes.reshape(batch, height, width, self.num_group)",
         "return flat_codes.reshape(batch, height, width, self.num_group).flip(2)",
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     Fault(
         "graph-decode-groups-permuted",
@@ -106,7 +106,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/graphs.py",
         "vectors = vectors.flatten(3)",
         "vectors = vectors.flip(3).flatten(3)",
-        ("tests/test_runtime_conformance.py",),
+        ("tests/runtimes/test_runtime_conformance.py",),
     ),
     # -- the eager reference --------------------------------------------------------------------------------
     Fault(
@@ -115,7 +115,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/quantizers.py",
         "codes = flat_codes.reshape(batch, height, width, self.num_group)",
         "codes = flat_codes.reshape(batch, height, width, self.num_group).flip(-1)",
-        ("tests/test_conformance.py",),
+        ("tests/gsq_core/test_conformance.py",),
     ),
     Fault(
         "eager-codes-positions-permuted",
@@ -123,7 +123,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/quantizers.py",
         "codes = flat_codes.reshape(batch, height, width, self.num_group)",
         "codes = flat_codes.reshape(batch, height, width, self.num_group).flip(2)",
-        ("tests/test_conformance.py",),
+        ("tests/gsq_core/test_conformance.py",),
     ),
     Fault(
         "eager-decode-groups-permuted",
@@ -131,7 +131,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/quantizers.py",
         "return self._merge_groups(self.codebook(codes.long()))",
         "return self._merge_groups(self.codebook(codes.long()).flip(-2))",
-        ("tests/test_conformance.py",),
+        ("tests/gsq_core/test_conformance.py",),
     ),
     # -- the window lookup of the exported graphs (exporters/lookup_graph.py, issue 18) -------------------------
     Fault(
@@ -140,7 +140,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "KEY_RELATIVE_ERROR = 2.0**-20",
         "KEY_RELATIVE_ERROR = 0.0",
-        ("tests/test_lookup_graph_cells.py",),
+        ("tests/exporters/test_lookup_graph_cells.py",),
     ),
     Fault(
         "lookup-key-and-angle-slack-zero",
@@ -150,7 +150,7 @@ FAULTS: tuple[Fault, ...] = (
         "|offset| + |span|\nANGLE_SLACK = 1e-9",
         "KEY_RELATIVE_ERROR = 0.0\nKEY_SLACK = 2.0**-18  # d = 1: absolute key error allowed, relative to "
         "|offset| + |span|\nANGLE_SLACK = 0.0",
-        ("tests/test_lookup_graph_cells.py",),
+        ("tests/exporters/test_lookup_graph_cells.py",),
     ),
     Fault(
         "lookup-key-slack-zero",
@@ -158,7 +158,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "KEY_SLACK = 2.0**-18",
         "KEY_SLACK = 0.0",
-        ("tests/test_lookup_graph_cells.py",),
+        ("tests/exporters/test_lookup_graph_cells.py",),
     ),
     Fault(
         "lookup-window-one-short",
@@ -166,7 +166,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "count = np.minimum(last - first + 1, codes)",
         "count = np.minimum(last - first, codes)",
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-table-rows-one-short",
@@ -174,7 +174,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "width = window + stride - 1",
         "width = window + stride - 2",
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-circle-window-starts-late",
@@ -182,7 +182,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         'first = np.searchsorted(tiled, lo, side="right") - 1',
         'first = np.searchsorted(tiled, lo, side="right")',
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-line-window-starts-late",
@@ -190,7 +190,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         'first = np.maximum(np.searchsorted(keys, a, side="right") - 1, 0)',
         'first = np.maximum(np.searchsorted(keys, a, side="right"), 0)',
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[1-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[1-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-line-window-ends-early",
@@ -198,7 +198,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         'last = np.minimum(np.searchsorted(keys, b, side="left"), codes - 1)',
         'last = np.minimum(np.searchsorted(keys, b, side="left") - 1, codes - 1)',
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[1-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[1-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-circle-rows-do-not-wrap",
@@ -206,7 +206,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "positions = positions % codes  # the circle wraps",
         "positions = np.minimum(positions, codes - 1)  # the circle wraps",
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     Fault(
         "lookup-cell-index-rounds-up",
@@ -214,7 +214,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/lookup_graph.py",
         "return (first + z.floor()).long(), larger == 0",
         "return torch.minimum(first + z.ceil(), first + self.cells_per_octant - 1).long(), larger == 0",
-        ("tests/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/test_lookup_graph_cells.py"),
+        ("tests/exporters/test_lookup_graph_edges.py::test_exported_window_lookup_matches_the_fp32_brute_force[2-1024-onnxruntime]", "tests/exporters/test_lookup_graph_cells.py"),
     ),
     # -- reduced precision: the lookup stays fp32 -------------------------------------------------------------
     Fault(
@@ -223,7 +223,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/onnx_precision.py",
         "onnx.save(convert_fp16(proto, keep), str(target_path))",
         "onnx.save(convert_fp16(proto, []), str(target_path))",
-        ("tests/test_targets_onnx_precision.py::test_fp16_keeps_the_lookup_fp32_and_the_rest_fp16",),
+        ("tests/exporters/test_targets_onnx_precision.py::test_fp16_keeps_the_lookup_fp32_and_the_rest_fp16",),
     ),
     Fault(
         "int8-lookup-quantized",
@@ -231,7 +231,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/onnx_precision.py",
         "nodes_to_exclude=keep_fp32,",
         "nodes_to_exclude=[],",
-        ("tests/test_targets_onnx_precision.py::test_int8_quantizes_convolutions_but_not_the_lookup",),
+        ("tests/exporters/test_targets_onnx_precision.py::test_int8_quantizes_convolutions_but_not_the_lookup",),
     ),
     Fault(
         "lookup-graph-in-encoder-precision",
@@ -240,7 +240,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/precision.py",
         "return LOOKUP_PRECISION if part is None else self.for_part(part)",
         "return self.encoder if part is None else self.for_part(part)",
-        ("tests/test_targets_onnx_precision.py::test_the_lookup_graph_is_held_to_fp32_in_every_precision",),
+        ("tests/exporters/test_targets_onnx_precision.py::test_the_lookup_graph_is_held_to_fp32_in_every_precision",),
     ),
     # -- images -----------------------------------------------------------------------------------------------
     Fault(
@@ -249,7 +249,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/images.py",
         'if mode == "RGB":\n        return np.asarray(image, dtype=np.uint8)',
         'if mode == "RGB":\n        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., ::-1])',
-        ("tests/test_hostile_images.py::test_channels_are_red_green_blue_in_that_order",),
+        ("tests/gsq_core/test_hostile_images.py::test_channels_are_red_green_blue_in_that_order",),
     ),
     Fault(
         "pixels-red-blue-swapped",
@@ -257,7 +257,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/images.py",
         "return (pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1).copy()",
         "return (pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1)[::-1].copy()",
-        ("tests/test_hostile_images.py::test_channels_are_red_green_blue_in_that_order",),
+        ("tests/gsq_core/test_hostile_images.py::test_channels_are_red_green_blue_in_that_order",),
     ),
     # -- checkpoints and training -----------------------------------------------------------------------------
     Fault(
@@ -267,7 +267,7 @@ FAULTS: tuple[Fault, ...] = (
         'tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}',
         'tensors = {k: (v * 1.001 if v.is_floating_point() else v).detach().to("cpu").contiguous() '
         "for k, v in model.state_dict().items()}",
-        ("tests/test_checkpoint.py::test_native_round_trip_gives_identical_tokens",),
+        ("tests/gsq_core/test_checkpoint.py::test_native_round_trip_gives_identical_tokens",),
     ),
     Fault(
         "ibq-quant-convs-swapped",
@@ -275,7 +275,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/checkpoint_ibq.py",
         '("quant_conv.", "encoder.quant_conv."),\n    ("post_quant_conv.", "decoder.post_quant_conv."),',
         '("quant_conv.", "decoder.post_quant_conv."),\n    ("post_quant_conv.", "encoder.quant_conv."),',
-        ("tests/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
+        ("tests/gsq_core/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
     ),
     Fault(
         "ibq-ema-shadows-ignored",
@@ -283,7 +283,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/checkpoint_ibq.py",
         "key = ema_name(upstream) if take_ema else upstream",
         "key = upstream",
-        ("tests/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
+        ("tests/gsq_core/test_ibq.py::test_latent_tokens_and_decode_match_upstream",),
     ),
     Fault(
         "torch-load-not-weights-only",
@@ -291,7 +291,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/checkpoint.py",
         "weights_only=True, mmap=is_zip",
         "weights_only=False, mmap=is_zip",
-        ("tests/test_checkpoint.py::test_hostile_tensor_pickle_is_refused",),
+        ("tests/gsq_core/test_checkpoint.py::test_hostile_tensor_pickle_is_refused",),
     ),
     Fault(
         "config-pickle-unrestricted",
@@ -299,7 +299,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/checkpoint.py",
         'kwargs = load_config_pickle(package["config"])',
         'kwargs = __import__("pickle").loads(package["config"])',
-        ("tests/test_checkpoint.py::test_hostile_config_pickle_is_refused_and_never_runs",),
+        ("tests/gsq_core/test_checkpoint.py::test_hostile_config_pickle_is_refused_and_never_runs",),
     ),
     Fault(
         "ibq-shape-check-skipped",
@@ -307,7 +307,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/checkpoint_ibq.py",
         "if tuple(tensor.shape) != expected[ours]:",
         "if False:",
-        ("tests/test_ibq.py::test_yaml_that_does_not_match_lists_keys_and_shapes",),
+        ("tests/gsq_core/test_ibq.py::test_yaml_that_does_not_match_lists_keys_and_shapes",),
     ),
     Fault(
         "ema-copies",
@@ -315,7 +315,7 @@ FAULTS: tuple[Fault, ...] = (
         "train/ema.py",
         "torch._foreach_lerp_(averaged, current, weight)",
         "torch._foreach_copy_(averaged, current)",
-        ("tests/test_train.py::test_ema_is_a_weighted_average_with_a_warm_up_ramp",),
+        ("tests/train/test_train.py::test_ema_is_a_weighted_average_with_a_warm_up_ramp",),
     ),
     Fault(
         "ema-no-warmup",
@@ -323,7 +323,7 @@ FAULTS: tuple[Fault, ...] = (
         "train/ema.py",
         "weight = 1.0 - min(decay, (1 + n) / (10 + n))",
         "weight = 1.0 - decay",
-        ("tests/test_train.py::test_ema_is_a_weighted_average_with_a_warm_up_ramp",),
+        ("tests/train/test_train.py::test_ema_is_a_weighted_average_with_a_warm_up_ramp",),
     ),
     Fault(
         "train-ema-not-checkpointed",
@@ -331,7 +331,7 @@ FAULTS: tuple[Fault, ...] = (
         "train/main.py",
         "accelerator.register_for_checkpointing(ema, progress)",
         "accelerator.register_for_checkpointing(progress)",
-        ("tests/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
+        ("tests/train/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
     ),
     Fault(
         "train-lr-scheduler-not-checkpointed",
@@ -339,7 +339,7 @@ FAULTS: tuple[Fault, ...] = (
         "train/main.py",
         "accelerator.prepare(generator, optimizer_g, LambdaLR(optimizer_g, schedule))",
         "accelerator.prepare(generator, optimizer_g) + (LambdaLR(optimizer_g, schedule),)",
-        ("tests/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
+        ("tests/train/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
     ),
     Fault(
         "train-data-position-not-restored",
@@ -347,7 +347,7 @@ FAULTS: tuple[Fault, ...] = (
         "train/main.py",
         "start_batch=progress.batches",
         "start_batch=0",
-        ("tests/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
+        ("tests/train/test_train.py::test_resumed_run_equals_an_uninterrupted_one",),
     ),
     # -- fidelity measures -----------------------------------------------------------------------------------
     Fault(
@@ -356,7 +356,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/fidelity.py",
         'return float("inf") if mse == 0.0 else 10.0 * np.log10(data_range**2 / mse)',
         "return 40.0",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "ssim-constant",
@@ -364,7 +364,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/comparator.py",
         "return float(structural_similarity(*pair, channel_axis=2, data_range=255, win_size=window))",
         "return 0.9",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "usage-constant",
@@ -372,7 +372,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/fidelity.py",
         "return float((counts > 0).sum()) / counts.size",
         "return 2 / 32",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "perplexity-constant",
@@ -380,7 +380,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/fidelity.py",
         "return float(np.exp(-(probs * np.log(probs)).sum()))",
         "return 2.0",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "score-gaps-zero",
@@ -388,7 +388,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/fidelity.py",
         "gaps[start : start + block_rows] = scores.max(axis=1) - picked",
         "gaps[start : start + block_rows] = 0.0",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "token-agreement-constant",
@@ -396,7 +396,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/comparator.py",
         "return self.agreeing / self.tokens if self.tokens else None",
         "return 1.0 if self.tokens else None",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     Fault(
         "latent-error-constant",
@@ -404,7 +404,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_core/comparator.py",
         "error = float(np.abs(latent.astype(np.float64) - reference).max(initial=0.0))\n        if not",
         "error = 0.0\n        if not",
-        ("tests/test_comparator.py",),
+        ("tests/gsq_core/test_comparator.py",),
     ),
     # -- benchmarks --------------------------------------------------------------------------------------------
     Fault(
@@ -413,7 +413,7 @@ FAULTS: tuple[Fault, ...] = (
         "benchmarks/backend_worker.py",
         '"decode_img_s": size / decode_s}',
         '"decode_img_s": 100.0}',
-        ("tests/test_benchmarks.py::test_worker_throughput_and_latency_are_what_the_calls_took",),
+        ("tests/benchmarks/test_benchmarks.py::test_worker_throughput_and_latency_are_what_the_calls_took",),
     ),
     Fault(
         "report-decode-img-s-constant",
@@ -421,7 +421,7 @@ FAULTS: tuple[Fault, ...] = (
         "benchmarks/compare.py",
         'best_decode = max(t["decode_img_s"] for t in worker["throughput"].values())',
         "best_decode = 100.0",
-        ("tests/test_benchmarks.py::test_report_record_takes_the_best_batch_and_the_ratios_to_eager",),
+        ("tests/benchmarks/test_benchmarks.py::test_report_record_takes_the_best_batch_and_the_ratios_to_eager",),
     ),
     # -- export validation --------------------------------------------------------------------------------------
     Fault(
@@ -430,7 +430,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "if relative is not None and not relative <= limits.max_latent_relative_error:",
         "if False:",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-score-gap-check-off",
@@ -438,7 +438,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "if gap is not None and gap > limits.max_score_gap:",
         "if False:",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-agreement-check-off",
@@ -446,7 +446,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "if agreement is not None and agreement < limits.min_token_agreement:",
         "if False:",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-psnr-check-off",
@@ -454,7 +454,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "if lowest is not None and lowest < limits.min_recon_psnr_db:",
         "if False:",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-nan-check-off",
@@ -462,7 +462,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "if not comparator.images_finite:",
         "if False:",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-run-errors-ignored",
@@ -470,7 +470,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         'check.errors.append(f"{check.name}: failed to run on input {list(feed.shape)}: {first_line(error)}")',
         "pass",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-always-passes",
@@ -478,7 +478,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         'report["passed"] = not report["failures"]',
         'report["passed"] = True',
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     Fault(
         "validation-warn-only-everywhere",
@@ -486,7 +486,7 @@ FAULTS: tuple[Fault, ...] = (
         "exporters/validation.py",
         "hard = [failure.message for failure in failures if failure.hard or not check.limits.warn_only]",
         "hard = [failure.message for failure in failures if failure.hard]",
-        ("tests/test_validation.py",),
+        ("tests/exporters/test_validation.py",),
     ),
     # -- gsq-tokenize: resuming a killed run (issue 18) ----------------------------------------------------
     Fault(
@@ -495,7 +495,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "seen = set(self.committed_ids())",
         "seen = set()",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-footer-not-checked",
@@ -503,7 +503,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "result.dropped_partial += 1  # a writer killed mid-file: its rows are redone\n            return",
         "os.replace(staged, self.path / staged.name)\n            return",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-staged-ids-not-marked-seen",
@@ -511,7 +511,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "seen.update(ids[i] for i in fresh)",
         "pass",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-no-duplicate-removal",
@@ -519,7 +519,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "fresh = [i for i, sample_id in enumerate(ids) if sample_id not in seen]",
         "fresh = list(range(len(ids)))",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-rewrite-takes-wrong-rows",
@@ -527,7 +527,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "pq.read_table(staged).take(pa.array(fresh))",
         "pq.read_table(staged).slice(0, len(fresh))",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-rewrite-in-place",
@@ -535,7 +535,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "pq.write_table(pq.read_table(staged).take(pa.array(fresh)), temporary)\n            os.replace(temporary, target)",
         "pq.write_table(pq.read_table(staged).take(pa.array(fresh)), target)",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-earlier-failures-lost",
@@ -543,7 +543,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "failures.update(new_failures)",
         "failures = dict(new_failures)",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-staging-removed-before-failed-list",
@@ -552,7 +552,7 @@ FAULTS: tuple[Fault, ...] = (
         "        if new_failures:\n            failures.update(new_failures)",
         "        shutil.rmtree(self.staging_path)\n        self.staging_path.mkdir()\n"
         "        if new_failures:\n            failures.update(new_failures)",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-tokenized-ids-listed-failed",
@@ -560,7 +560,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "if sample_id not in seen and sample_id not in failures:",
         "if sample_id not in failures:",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-failures-not-done",
@@ -568,7 +568,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "return frozenset(self.committed_ids()) | frozenset(self.failures())",
         "return frozenset(self.committed_ids())",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "resume-staging-left",
@@ -576,7 +576,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/output.py",
         "        shutil.rmtree(self.staging_path)\n        return result",
         "        return result",
-        ("tests/test_tokenize_resume.py",),
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
         "stages-decode-failures-not-recorded",
@@ -584,7 +584,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/stages.py",
         "record_failures(failed_dir, prepared.failed_ids, prepared.failed_reasons)\n    counter.add",
         "counter.add",
-        ("tests/test_tokenize_stages.py",),
+        ("tests/gsq_dataset/test_tokenize_stages.py",),
     ),
     Fault(
         "stages-tokenizer-failures-not-recorded",
@@ -592,7 +592,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/stages.py",
         "record_failures(self.failed_dir, encoded.failed_ids, encoded.failed_reasons)",
         "pass",
-        ("tests/test_tokenize_stages.py",),
+        ("tests/gsq_dataset/test_tokenize_stages.py",),
     ),
     Fault(
         "stages-rows-misaligned",
@@ -601,8 +601,8 @@ FAULTS: tuple[Fault, ...] = (
         "[codes[i] for i in kept], num_embed)",
         "[codes[i] for i in reversed(kept)], num_embed)",
         (
-            "tests/test_tokenize_stages.py",
-            "tests/test_tokenize_local.py::test_local_run_every_id_once_with_labels_failures_and_eager_tokens",
+            "tests/gsq_dataset/test_tokenize_stages.py",
+            "tests/gsq_dataset/test_tokenize_local.py::test_local_run_every_id_once_with_labels_failures_and_eager_tokens",
         ),
     ),
     Fault(
@@ -611,7 +611,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/stages.py",
         "labels = [None if label < 0 else int(label) for label in batch[\"label\"]]",
         "labels = [None for label in batch[\"label\"]]",
-        ("tests/test_tokenize_stages.py",),
+        ("tests/gsq_dataset/test_tokenize_stages.py",),
     ),
     Fault(
         "stages-refused-batch-fails-whole",
@@ -619,7 +619,7 @@ FAULTS: tuple[Fault, ...] = (
         "gsq_dataset/work.py",
         "codes[index] = runtime.encode(model_input(items[index][None]))[0]",
         "raise GSQError(\"a batch refused\")",
-        ("tests/test_tokenize_stages.py",),
+        ("tests/gsq_dataset/test_tokenize_stages.py",),
     ),
 )
 

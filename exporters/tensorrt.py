@@ -21,7 +21,7 @@ itself (EngineBytesFromNetwork), which merges what it timed back into the timing
 - Validation opens the staged engines with runtimes.trt (Polygraphy's TrtRunner), as users do.
 No TensorRT or GPU is reachable where this was written: the build is checked statically here
 (exporters.tensorrt_compat, the Polygraphy loader chain and the fp32 pinning with stand-ins, in
-tests/test_targets_tensorrt.py), and for real on a machine with both.
+tests/exporters/test_targets_tensorrt.py), and for real on a machine with both.
 """
 
 from __future__ import annotations

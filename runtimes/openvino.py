@@ -44,7 +44,7 @@ def import_openvino() -> Any:
     That was the gsq-export --target openvino hang of issue 11 (docs/testing.md). With
     openvino_telemetry marked absent, OpenVINO uses its own no-op stub, the path it takes when the
     package is not installed: no thread, no fork, nothing sent. Every import of openvino in
-    gsq-deploy goes through here (tests/test_targets_openvino.py checks that an export forks nothing).
+    gsq-deploy goes through here (tests/exporters/test_targets_openvino.py checks that an export forks nothing).
     """
     if "openvino" not in sys.modules:
         sys.modules.setdefault("openvino_telemetry", None)

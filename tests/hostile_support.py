@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import conftest
+from tests import conftest
 import numpy as np
 from PIL import Image
 

@@ -2,7 +2,7 @@
 weights, written the way SEED-Voken's training runs write them (a Lightning checkpoint with EMA
 shadows, loss modules and optimizer state) plus their LightningCLI YAML.
 
-Shared by tests/test_ibq_layouts.py and tests/fixtures/ibq/make_layout_vectors.py, which made
+Shared by tests/gsq_core/test_ibq_layouts.py and tests/fixtures/ibq/make_layout_vectors.py, which made
 tests/fixtures/ibq/layouts.expected.npz by running SEED-Voken's own Encoder/Decoder on these weights.
 Weights come from numpy's legacy RandomState, whose streams numpy keeps stable across versions.
 """

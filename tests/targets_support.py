@@ -1,4 +1,4 @@
-"""Shared, cached artifacts for the tests of the issue-4 targets (tests/test_targets_*.py).
+"""Shared, cached artifacts for the tests of the issue-4 targets (tests/exporters/test_targets_*.py).
 
 Each conformance model is exported to fp32 ONNX once per test process (and converted to fp16 /
 int8 once), in a temporary folder removed at exit, so the target modules share the expensive work.
@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from conftest import FLEXGEN, REPO, assert_one_line_error, run_module  # noqa: F401 (used by the target tests)
+from tests.conftest import FLEXGEN, REPO, assert_one_line_error, run_module  # noqa: F401 (used by the target tests)
 
 FP32_GRAPHS = ("quantizer", "tokenize", "detokenize")
 needs_fp16 = pytest.mark.skipif(
