@@ -455,7 +455,12 @@ def test_plan_facts_are_the_tables_sizes():
               tables.bias, tables.extra_bias]  # fmt: skip
     assert facts["method"] == "window" and facts["window"] == tables.window == tables.weight.shape[2]
     assert facts["cells"] == tables.cells == 8 * tables.cells_per_octant and facts["stride"] == tables.stride
+    # rows start every `stride` sorted codes and the rows hold every sorted code (the circle wraps)
+    assert isinstance(tables.stride, int) and tables.index.shape[0] == -(-tables.sorted_codes // tables.stride)
+    assert tables.sorted_codes == len(np.unique(tables.index)) > 900  # 1,024 less duplicates and zero rows
     assert facts["table_bytes"] == tables.table_bytes == sum(array.nbytes for array in arrays)
+    # the graph's constants are fp32 (the scores the proof bounds are fp32), the cell rows int64
+    assert all(array.dtype == np.float32 for array in arrays[1:]) and tables.cell_row.dtype == np.int64
     zero_rows = int((~model.quantizer.lookup_tables().weight.numpy().any(axis=1)).sum())  # 2, and copies
     assert facts["extra_codes"] == zero_rows >= 2 and tables.scored_per_vector == tables.window + zero_rows
     # x, y, bias, score and id per candidate
@@ -642,3 +647,38 @@ def test_graph_normalize_is_normalize_vectors_on_1024_vectors(normalization):
     assert got.shape == x.shape and torch.equal(got, expected)
     if normalization != "none":
         assert not torch.equal(got, x)
+
+
+def test_plan_facts_say_why_a_lookup_is_dense_or_windowed():
+    """Each dense reason names its cause; a window's reason counts the codes off the circle only when
+    there are some; torch parameters (with grad) are read like arrays."""
+    circle = _unit_f32(np.linspace(-math.pi, math.pi, 64, endpoint=False))
+    cases = [
+        (np.zeros((8, 3), F32), None, "l2", "group dim d = 3: the window lookup serves d <= 2"),
+        (circle, None, "clip", "d = 2 with 'clip' normalisation: the window lookup needs l2"),
+        (np.where(np.arange(64)[:, None] == 5, np.nan, circle).astype(F32), None, "l2", "non-finite"),
+        (circle, np.where(np.arange(64) == 5, np.inf, 0.0).astype(F32), "l2", "the codebook holds non-finite values"),
+    ]
+    for weight, bias, normalization, reason in cases:
+        plan = plan_lookup(weight, bias, normalization, 65536)
+        assert plan.method == "dense" and reason in plan.reason and plan.num_embed == len(weight), plan.reason
+    parameter = torch.nn.Parameter(torch.from_numpy(circle))
+    bias = torch.nn.Parameter(torch.zeros(64))
+    plain = plan_lookup(parameter, bias, "l2", 65536)
+    assert plain.method == "window" and plain.num_embed == 64 and "off the circle" not in plain.reason
+    assert plain.reason.startswith(f"every one of {plain.window.cells} cells has a proven window of <= ")
+    with_extra = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), None, "l2", 65536)
+    assert with_extra.reason.endswith(" (plus 2 code(s) off the circle, scored for every vector)")
+    assert with_extra.manifest_facts()["reason"] == with_extra.reason
+    assert with_extra.window.gap_bound < 1e-6  # no bias: the radius spread alone
+    sixteen = plan_lookup(np.concatenate([circle, np.zeros((16, 2), F32)]), None, "l2", 65536)
+    assert sixteen.method == "window" and sixteen.reason.endswith("(plus 16 code(s) off the circle, scored for every vector)")
+    off = plan_lookup(2 * circle, None, "l2", 65536)
+    assert off.method == "dense" and off.reason == "no code lies on the unit circle"
+    # a bias: codes off the circle stay extra whatever their bias; the bias spread counts in the gap
+    # bound; a zero vector gets the lowest id of the best bias
+    biased = np.where(np.arange(66) % 2 == 1, F32(2e-7), F32(0)).astype(F32)
+    biased[7] = F32(3e-7)
+    plan = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), biased, "l2", 65536)
+    assert plan.method == "window" and plan.window.extra_index.tolist() == [64.0, 65.0]
+    assert plan.window.gap_bound >= float(np.ptp(biased[:64].astype(np.float64))) and plan.window.zero_code == 7
