@@ -655,18 +655,18 @@ def test_plan_facts_say_why_a_lookup_is_dense_or_windowed():
     circle = _unit_f32(np.linspace(-math.pi, math.pi, 64, endpoint=False))
     cases = [
         (np.zeros((8, 3), F32), None, "l2", "group dim d = 3: the window lookup serves d <= 2"),
-        (circle, None, "clip", "d = 2 with 'clip' normalisation: the window lookup needs l2"),
-        (np.where(np.arange(64)[:, None] == 5, np.nan, circle).astype(F32), None, "l2", "non-finite"),
+        (circle, None, "clip", "d = 2 with 'clip' normalisation: the window lookup needs l2 (codes on a circle)"),
+        (np.where(np.arange(64)[:, None] == 5, np.nan, circle).astype(F32), None, "l2", "the codebook holds non-finite values"),
         (circle, np.where(np.arange(64) == 5, np.inf, 0.0).astype(F32), "l2", "the codebook holds non-finite values"),
     ]
     for weight, bias, normalization, reason in cases:
         plan = plan_lookup(weight, bias, normalization, 65536)
-        assert plan.method == "dense" and reason in plan.reason and plan.num_embed == len(weight), plan.reason
+        assert plan.method == "dense" and plan.reason == reason and plan.num_embed == len(weight), plan.reason
     parameter = torch.nn.Parameter(torch.from_numpy(circle))
     bias = torch.nn.Parameter(torch.zeros(64))
     plain = plan_lookup(parameter, bias, "l2", 65536)
     assert plain.method == "window" and plain.num_embed == 64 and "off the circle" not in plain.reason
-    assert plain.reason.startswith(f"every one of {plain.window.cells} cells has a proven window of <= ")
+    assert plain.reason == f"every one of {plain.window.cells} cells has a proven window of <= {plain.window.window} sorted codes"
     with_extra = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), None, "l2", 65536)
     assert with_extra.reason.endswith(" (plus 2 code(s) off the circle, scored for every vector)")
     assert with_extra.manifest_facts()["reason"] == with_extra.reason
@@ -682,3 +682,8 @@ def test_plan_facts_say_why_a_lookup_is_dense_or_windowed():
     plan = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), biased, "l2", 65536)
     assert plan.method == "window" and plan.window.extra_index.tolist() == [64.0, 65.0]
     assert plan.window.gap_bound >= float(np.ptp(biased[:64].astype(np.float64))) and plan.window.zero_code == 7
+    capped = plan_lookup(circle, None, "l2", 65536, window_max=2)
+    uncapped = plan_lookup(circle, None, "l2", 65536).window
+    assert capped.method == "dense" and capped.reason == (
+        f"no window of <= 2 codes is proven for every cell (the best grid, {uncapped.cells} cells, needs {uncapped.window})"
+    )
