@@ -45,7 +45,8 @@ import pytest
 import torch
 
 from exporters.graphs import lookup_bias, lookup_plan
-from exporters.lookup_graph import ANGLE_SLACK, WindowLookup, plan_lookup
+from exporters.lookup_graph import ANGLE_SLACK, WindowLookup, graph_normalize, plan_lookup
+from gsq_core.lookup import normalize_vectors
 from tests.exporters.test_lookup_graph import GROUPS, tiny_model
 
 EPS = 2.0**-24
@@ -454,7 +455,12 @@ def test_plan_facts_are_the_tables_sizes():
               tables.bias, tables.extra_bias]  # fmt: skip
     assert facts["method"] == "window" and facts["window"] == tables.window == tables.weight.shape[2]
     assert facts["cells"] == tables.cells == 8 * tables.cells_per_octant and facts["stride"] == tables.stride
+    # rows start every `stride` sorted codes and the rows hold every sorted code (the circle wraps)
+    assert isinstance(tables.stride, int) and tables.index.shape[0] == -(-tables.sorted_codes // tables.stride)
+    assert tables.sorted_codes == len(np.unique(tables.index)) > 900  # 1,024 less duplicates and zero rows
     assert facts["table_bytes"] == tables.table_bytes == sum(array.nbytes for array in arrays)
+    # the graph's constants are fp32 (the scores the proof bounds are fp32), the cell rows int64
+    assert all(array.dtype == np.float32 for array in arrays[1:]) and tables.cell_row.dtype == np.int64
     zero_rows = int((~model.quantizer.lookup_tables().weight.numpy().any(axis=1)).sum())  # 2, and copies
     assert facts["extra_codes"] == zero_rows >= 2 and tables.scored_per_vector == tables.window + zero_rows
     # x, y, bias, score and id per candidate
@@ -524,3 +530,160 @@ def test_line_plan_of_one_distinct_value_is_one_open_cell():
     with torch.no_grad():
         codes = module(torch.tensor([[-5.0], [0.0], [0.25], [0.3], [7.0]]))
     assert codes.tolist() == [0, 0, 0, 0, 0]
+
+
+def _brute_force_codes(codes: np.ndarray, bias: np.ndarray | None, u: np.ndarray) -> np.ndarray:
+    """float64 argmax of u . w + b over all codes (lowest index on ties), u already normalised."""
+    return np.argmax(_scores64(codes, bias, u), axis=1)
+
+
+def _scores64(codes: np.ndarray, bias: np.ndarray | None, u: np.ndarray) -> np.ndarray:
+    scores = u.astype(np.float64) @ codes.astype(np.float64).T
+    return scores + bias.astype(np.float64)[None, :] if bias is not None else scores
+
+
+def _assert_near_best(codes: np.ndarray, bias: np.ndarray, u: np.ndarray, chosen: np.ndarray) -> None:
+    """The chosen codes' float64 scores are the best within the fp32 rounding of one score (4 e of
+    the module docstring, e = 2^-24 (3.02 |u| R + 1.02 max|b|))."""
+    scores = _scores64(codes, bias, u)
+    rounding = EPS * (3.02 * np.abs(u[:, 0]) * np.abs(codes).max() + 1.02 * np.abs(bias).max())
+    gaps = scores.max(axis=1) - scores[np.arange(len(u)), chosen]
+    assert (gaps <= 4 * rounding).all(), f"{int((gaps > 4 * rounding).sum())} vectors miss their best code"
+
+
+def test_line_plan_window_reaches_the_first_code_past_its_upper_edge():
+    """d = 1, codes from -1 to 1 (u = 0 is an edge of every grid): u = -1e-7 lies below the edge,
+    a code C = 1e-7 just above it is its nearest, and a code A = -5e-6 lies between u's cell's lower
+    codes and the edge (within KEY_SLACK of it): the window must run past A to the first code at or
+    above the edge widened by the slack, or it misses C."""
+    base = np.linspace(-1, 1, 1025).astype(F32)
+    base = base[np.abs(base) > 1e-2]
+    codes = np.concatenate([base, np.array([-5e-6, 1e-7], F32)])[:, None]
+    bias = (F32(-0.5) * codes[:, 0] * codes[:, 0]).astype(F32)
+    plan = plan_lookup(codes, bias, "clip", 65536)
+    assert plan.method == "window", plan.reason
+    probe = np.array([[-1e-7]], F32)
+    assert nearest_in_window(plan.window, codes, probe).all(), "the code just past the edge is not in the window"
+    module = WindowLookup(plan.window, "clip", len(codes))
+    with torch.no_grad():
+        assert module(torch.from_numpy(probe)).tolist() == [len(codes) - 1]
+
+
+def test_line_plan_of_narrow_and_of_wide_value_ranges():
+    """Grids whose scale is not > 1: 200 values in [0.25, 0.75] (span < 1) still get a window of a few
+    codes; a wide codebook (span 2^18, codes 1,024 apart, bias -w^2/2 exact) has scale <= 1 on every
+    grid tried and still gets one; codes 0, 64 and i + 1/2 (i < 64) have the shortest window (3) first
+    on the grid of 64 cells, scale exactly 1 (one code per cell; 32 cells hold two each: 4). Every
+    probe's nearest code is in its row, and the module's choices are the best within fp32 rounding."""
+    narrow = np.linspace(0.25, 0.75, 200).astype(F32)[:, None]
+    wide = (np.arange(-128, 129, dtype=np.float64) * 1024).astype(F32)[:, None]
+    unit = np.concatenate([[0.0, 64.0], np.arange(64) + 0.5]).astype(F32)[:, None]
+    rng = np.random.default_rng(5)
+    for codes, normalization, probes in (
+        (narrow, "clip", rng.uniform(-1.5, 1.5, 3000)),
+        (wide, "none", rng.uniform(-140000, 140000, 3000)),
+        (unit, "none", rng.uniform(-2, 66, 3000)),
+    ):
+        bias = (F32(-0.5) * codes[:, 0] * codes[:, 0]).astype(F32)
+        plan = plan_lookup(codes, bias, normalization, 65536)
+        assert plan.method == "window" and plan.window.window <= 4, plan.reason
+        facts = plan.manifest_facts()
+        assert isinstance(facts["gap_bound"], float) and 0 <= facts["gap_bound"] < 1e-6
+        vectors = probes.astype(F32)[:, None]
+        u = np.clip(vectors, -1, 1) if normalization == "clip" else vectors
+        assert nearest_in_window(plan.window, codes, u).all()
+        module = WindowLookup(plan.window, normalization, len(codes))
+        with torch.no_grad():
+            chosen = module(torch.from_numpy(vectors)).numpy()
+        _assert_near_best(codes, bias, u, chosen)
+    assert plan.window.cells == 64 and plan.window.key_scale == 1.0 and plan.window.window == 3
+
+
+def test_line_plan_scores_off_band_codes_with_their_bias_and_keeps_no_bias_absent():
+    """An off-band code (w = 0.5, b = -0.5: scored for every vector) must lose to the band's code at
+    0.5 (score 0.125 against -0.25), which needs its bias added, not subtracted; a table without a
+    bias keeps none (value, score and id per candidate)."""
+    base = np.linspace(-1, 1, 64).astype(F32)
+    codes = np.concatenate([base, [F32(0.5)]])[:, None]
+    bias = np.concatenate([F32(-0.5) * base * base, [F32(-0.5)]]).astype(F32)
+    plan = plan_lookup(codes, bias, "clip", 65536)
+    assert plan.method == "window" and plan.window.extra_index.tolist() == [64.0]
+    vectors = np.linspace(-1, 1, 257).astype(F32)[:, None]
+    with torch.no_grad():
+        chosen = WindowLookup(plan.window, "clip", len(codes))(torch.from_numpy(vectors)).numpy()
+    assert (chosen == _brute_force_codes(codes, bias, vectors)).all() and 64 not in chosen
+    plain = plan_lookup(np.array([[0.5], [-0.5]], F32), None, "none", 65536)
+    assert plain.window.bias is None and plain.window.extra_bias is None
+    assert plain.scratch_bytes_per_vector() == 4 * (1 + 1 + 1) * plain.window.window
+
+
+def test_duplicate_codes_on_a_1024_circle_keep_the_better_bias():
+    """d = 2 with a bias: a code repeated with a bias 8 fp32 ulps (~2.4e-7) higher, inside the bias
+    band, must be kept and chosen, not the lower id."""
+    angles = np.linspace(-math.pi, math.pi, 1024, endpoint=False) + 1e-3
+    codes = _unit_f32(angles)
+    bias = np.full(1024, F32(-0.25))
+    codes = np.concatenate([codes, codes[100:101]])
+    bias = np.concatenate([bias, _ulps(np.array([-0.25]), 8)]).astype(F32)
+    plan = plan_lookup(codes, bias, "l2", 65536)
+    assert plan.method == "window", plan.reason
+    vectors = np.concatenate([codes[100:101] * 3, _unit_f32(angles[95:106] + 1e-4)])
+    with torch.no_grad():
+        chosen = WindowLookup(plan.window, "l2", len(codes))(torch.from_numpy(vectors)).numpy()
+    u = reference_normalize(vectors, "l2")
+    assert (chosen == _brute_force_codes(codes, bias, u)).all() and chosen[0] == 1024
+
+
+@pytest.mark.parametrize("normalization", ["l2", "l1", "clip", "none"])
+def test_graph_normalize_is_normalize_vectors_on_1024_vectors(normalization):
+    """The graph's normalisation equals gsq_core.lookup.normalize_vectors exactly, along the last
+    axis of a [2, 512, 2] batch that holds zero, tiny, short and long vectors."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((1024, 2)) * rng.choice([1e-14, 1e-3, 0.3, 1.0, 40.0], (1024, 1))).astype(F32)
+    x[:8] = 0.0
+    x = torch.from_numpy(x.reshape(2, 512, 2))
+    expected = normalize_vectors(x, normalization)
+    got = graph_normalize(x, normalization)
+    assert got.shape == x.shape and torch.equal(got, expected)
+    if normalization != "none":
+        assert not torch.equal(got, x)
+
+
+def test_plan_facts_say_why_a_lookup_is_dense_or_windowed():
+    """Each dense reason names its cause; a window's reason counts the codes off the circle only when
+    there are some; torch parameters (with grad) are read like arrays."""
+    circle = _unit_f32(np.linspace(-math.pi, math.pi, 64, endpoint=False))
+    cases = [
+        (np.zeros((8, 3), F32), None, "l2", "group dim d = 3: the window lookup serves d <= 2"),
+        (circle, None, "clip", "d = 2 with 'clip' normalisation: the window lookup needs l2 (codes on a circle)"),
+        (np.where(np.arange(64)[:, None] == 5, np.nan, circle).astype(F32), None, "l2", "the codebook holds non-finite values"),
+        (circle, np.where(np.arange(64) == 5, np.inf, 0.0).astype(F32), "l2", "the codebook holds non-finite values"),
+    ]
+    for weight, bias, normalization, reason in cases:
+        plan = plan_lookup(weight, bias, normalization, 65536)
+        assert plan.method == "dense" and plan.reason == reason and plan.num_embed == len(weight), plan.reason
+    parameter = torch.nn.Parameter(torch.from_numpy(circle))
+    bias = torch.nn.Parameter(torch.zeros(64))
+    plain = plan_lookup(parameter, bias, "l2", 65536)
+    assert plain.method == "window" and plain.num_embed == 64 and "off the circle" not in plain.reason
+    assert plain.reason == f"every one of {plain.window.cells} cells has a proven window of <= {plain.window.window} sorted codes"
+    with_extra = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), None, "l2", 65536)
+    assert with_extra.reason.endswith(" (plus 2 code(s) off the circle, scored for every vector)")
+    assert with_extra.manifest_facts()["reason"] == with_extra.reason
+    assert with_extra.window.gap_bound < 1e-6  # no bias: the radius spread alone
+    sixteen = plan_lookup(np.concatenate([circle, np.zeros((16, 2), F32)]), None, "l2", 65536)
+    assert sixteen.method == "window" and sixteen.reason.endswith("(plus 16 code(s) off the circle, scored for every vector)")
+    off = plan_lookup(2 * circle, None, "l2", 65536)
+    assert off.method == "dense" and off.reason == "no code lies on the unit circle"
+    # a bias: codes off the circle stay extra whatever their bias; the bias spread counts in the gap
+    # bound; a zero vector gets the lowest id of the best bias
+    biased = np.where(np.arange(66) % 2 == 1, F32(2e-7), F32(0)).astype(F32)
+    biased[7] = F32(3e-7)
+    plan = plan_lookup(np.concatenate([circle, np.zeros((2, 2), F32)]), biased, "l2", 65536)
+    assert plan.method == "window" and plan.window.extra_index.tolist() == [64.0, 65.0]
+    assert plan.window.gap_bound >= float(np.ptp(biased[:64].astype(np.float64))) and plan.window.zero_code == 7
+    capped = plan_lookup(circle, None, "l2", 65536, window_max=2)
+    uncapped = plan_lookup(circle, None, "l2", 65536).window
+    assert capped.method == "dense" and capped.reason == (
+        f"no window of <= 2 codes is proven for every cell (the best grid, {uncapped.cells} cells, needs {uncapped.window})"
+    )

@@ -161,6 +161,44 @@ def test_commit_keeps_complete_shards_once_and_drops_partial_ones(tmp_path):
     folder.close()
 
 
+@pytest.mark.parametrize("fmt", ["flexgen", "jsonl"])
+def test_commit_in_another_format_writes_each_id_once_with_its_tokens(tmp_path, fmt):
+    """flexgen / jsonl folders: a staged shard whose ids are all new is written whole, one that
+    repeats a committed id loses that row only; each row keeps its own tokens."""
+    folder = OutputFolder(tmp_path / "dst", fmt)
+    folder.open(overwrite=False)
+    run = folder.new_run_dir()
+    pq.write_table(token_table(["a", "b"]), run / "shards" / "one.parquet")
+    pq.write_table(token_table(["x", "b", "c"]), run / "shards" / "two.parquet")  # "b" again
+    result = folder.commit_staging()
+    assert (result.shards, result.rows, result.dropped_partial, result.dropped_duplicates) == (2, 4, 0, 1)
+    assert sorted(folder.committed_ids()) == ["a", "b", "c", "x"]
+    assert folder.counts()["tokenized"] == 4
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in (tmp_path / "dst").glob("*.jsonl").__next__().read_text().splitlines()]
+        firsts = {row["id"]: np.asarray(row["tokens"]).reshape(-1)[0] for row in rows}
+    else:
+        firsts = {}
+        for path in sorted((tmp_path / "dst").glob("*.parquet")):
+            ids = json.loads(pq.read_schema(path).metadata[b"gsq.ids"])
+            codes = pq.read_table(path).column("image_codes").to_pylist()
+            firsts.update({i: c[0][0] for i, c in zip(ids, codes)})
+    # token_table fills row i with i: "a" 0 and "b" 1 (shard one), "x" 0 and "c" 2 (shard two)
+    assert firsts == {"a": 0, "b": 1, "x": 0, "c": 2}
+    folder.close()
+
+
+def test_new_log_path_is_a_fresh_file_in_the_logs_folder(tmp_path):
+    folder = OutputFolder(tmp_path / "dst")
+    folder.open(overwrite=False)
+    first, second = folder.new_log_path(), folder.new_log_path()
+    assert first.parent == second.parent == tmp_path / "dst" / "_logs" and first.parent.is_dir()
+    assert first != second and first.suffix == second.suffix == ".log" and not first.exists()
+    stamp, _, tail = first.stem.rpartition("-")
+    assert len(tail) == 8 and int(tail, 16) >= 0 and len(stamp) == len("20260101-120000") and stamp[8] == "-"
+    folder.close()
+
+
 def test_output_folder_refuses_foreign_folders_a_second_writer_and_files(tmp_path):
     foreign = tmp_path / "photos"
     foreign.mkdir()
