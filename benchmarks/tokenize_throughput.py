@@ -117,7 +117,7 @@ def plain_loop(model: str, photos: Path, size: int, batch: int) -> None:
     from runtimes import load_runtime
 
     runtime = load_runtime("onnx", model, threads=len(os.sched_getaffinity(0)))
-    factor = int(runtime.info["downsample_factor"])
+    factor = runtime.info.downsample_factor
     paths = sorted(path for path in photos.iterdir() if path.suffix in (".png", ".jpg"))
     tokens = 0
     for start in range(0, len(paths), batch):
@@ -262,7 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     markdown = table(report)
     (args.out / "report.md").write_text(markdown)
     print(markdown)
+    failed = failed_measurements(report)
+    if failed:
+        print(f"error: {failed} measurement(s) failed (the table says which and why)", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_measurements(report: dict[str, Any]) -> int:
+    """How many of the report's measurements ended in an error."""
+    return sum(1 for entry in report["runs"] for run in [entry["plain"], *entry["tokenize"]] if run.get("status") == "error")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tests.conftest import run_module
 
@@ -296,3 +297,29 @@ def test_report_record_takes_the_best_batch_and_the_ratios_to_eager():
     assert record["throughput_speedup_vs_eager"] == 2.0
     assert record["encode_fraction_of_peak"] == pytest.approx(0.5) and record["decode_fraction_of_peak"] == pytest.approx(0.18)
     assert record["encode_ms_p95"] == 4.0 and record["decode_ms_p50"] == 10.0 and record["token_agreement"] == 1.0
+
+
+def test_tokenize_throughput_plain_loop_encodes_every_photo_and_failures_fail_the_run(tmp_path):
+    """The plain loop the gsq-tokenize benchmark times runs (as its own process) over every photo of a
+    folder with the runtime's ModelInfo; a report with a failed measurement makes the command fail."""
+    from PIL import Image
+
+    from benchmarks.tokenize_throughput import failed_measurements, measure_plain
+    from exporters.onnx import export_onnx
+    from tests.conftest import tiny_gsq_model
+
+    model_dir = tmp_path / "tiny-onnx"
+    export_onnx(tiny_gsq_model(), model_dir, graphs=("tokenize",), validate=False, progress=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate([(40, 56), (64, 64), (90, 33)]):
+        suffix = ".png" if index % 2 == 0 else ".jpg"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(photos / f"{index}{suffix}")
+    plain = measure_plain(str(model_dir), photos, 32, 2)
+    assert plain.get("status") != "error", plain
+    assert plain["images"] == 3 and plain["images_per_s"] > 0
+    report = {"runs": [{"plain": plain, "tokenize": [{"status": "ok"}, {"status": "error", "reason": "x"}]}]}
+    assert failed_measurements(report) == 1
+    report["runs"][0]["tokenize"].pop()
+    assert failed_measurements(report) == 0
