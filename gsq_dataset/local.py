@@ -36,12 +36,13 @@ class LocalPlan:
     """What the in-process executor runs with."""
 
     decoders: int  # decode + crop threads
-    threads: int | None  # the runtime's threads
+    threads: int | None  # the runtime's threads (per call)
     batch_size: int
     rows_per_shard: int
+    tokenizer_calls: int = 1  # encode calls in flight at once (runtimes that declare concurrent_calls)
 
     def describe(self) -> dict[str, Any]:
-        return {"executor": "local", "decoders": self.decoders, "threads": self.threads}
+        return {"executor": "local", "decoders": self.decoders, "threads": self.threads, "tokenizer_calls": self.tokenizer_calls}
 
 
 def run_local(
@@ -69,9 +70,10 @@ def run_local(
     last_finished = 0.0
     try:
         with ThreadPoolExecutor(plan.decoders, thread_name_prefix="gsq-decode") as decoders, ThreadPoolExecutor(
-            1, thread_name_prefix="gsq-write"
-        ) as writer:
+            plan.tokenizer_calls, thread_name_prefix="gsq-tokenize"
+        ) as tokenizers, ThreadPoolExecutor(1, thread_name_prefix="gsq-write") as writer:
             jobs: deque[Future[Prepared]] = deque()
+            calls: deque[Future[tuple[Encoded, float]]] = deque()
             window = max(2 * plan.decoders, 2 * -(-plan.batch_size // DECODE_JOB_ROWS))
             rows = _source_rows(blocks)
             exhausted = False
@@ -88,16 +90,26 @@ def run_local(
                     ids, labels, images, errors = (list(column) for column in zip(*chunk))
                     jobs.append(decoders.submit(prepare_rows, ids, labels, images, errors, size, factor))
 
+            def encode(batch: Prepared) -> tuple[Encoded, float]:
+                encoded = encode_batch(runtime, num_embed, batch.ids, batch.labels, batch.pixels)
+                return encoded, time.time()  # wall clock: start-up is measured against the process start
+
             def tokenize(batch: Prepared) -> None:
-                nonlocal first_batch, last_finished
+                """Hand a batch to the tokenizer; with all its calls in flight, first take the oldest's rows."""
                 top_up()  # the decoders work while the tokenizer does
-                encoded: Encoded = encode_batch(runtime, num_embed, batch.ids, batch.labels, batch.pixels)
-                finished = time.time()  # wall clock: the run's start-up is measured against the process start
-                clock.add("tokenize", encoded.seconds, len(batch.ids))
+                if len(calls) >= plan.tokenizer_calls:
+                    finish(calls.popleft())
+                calls.append(tokenizers.submit(encode, batch))
+
+            def finish(call: Future[tuple[Encoded, float]]) -> None:
+                nonlocal first_batch, last_finished
+                encoded, finished = call.result()
+                batch_size = encoded.table.num_rows + len(encoded.failed_ids)
+                clock.add("tokenize", encoded.seconds, batch_size)
                 record_failures(failed_dir, encoded.failed_ids, encoded.failed_reasons)
                 counts["tokenized"] += encoded.table.num_rows
                 counts["failed"] += len(encoded.failed_ids)
-                bar.update(len(batch.ids))
+                bar.update(batch_size)
                 if encoded.table.num_rows:
                     if first_batch is None:
                         first_batch = (finished, encoded.table.num_rows)
@@ -119,6 +131,8 @@ def run_local(
                     tokenize(_take(pending, plan.batch_size))
             if pending.ids:
                 tokenize(pending)
+            while calls:
+                finish(calls.popleft())
             shard.close()
     finally:
         bar.close()
@@ -132,7 +146,7 @@ def run_local(
         "steady_images_per_s": steady,
         "first_batch_at": first_batch[0] if first_batch else None,
         "last_batch_at": last_finished or None,
-        "stages": clock.report({"decode": plan.decoders, "tokenize": 1, "write": 1}),
+        "stages": clock.report({"decode": plan.decoders, "tokenize": plan.tokenizer_calls, "write": 1}),
     }
 
 

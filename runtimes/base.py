@@ -26,13 +26,15 @@ class TokenizerRuntime(ABC):
     Each backend class declares what it needs, so that callers (gsq-tokenize's worker plan, the
     benchmarks) never ask which backend they hold: `options`, the keyword options its constructor
     takes; `torch_threads`, whether its CPU threads are torch's intra-op threads of the process
-    (set by the caller) rather than a `threads` option; `runs_on_gpu(options)`, whether it runs on a GPU
-    with these options; `describe(model, **options)`, the ModelInfo of a model without running it.
+    (set by the caller) rather than a `threads` option; `concurrent_calls`, whether one loaded runtime
+    may run encode / decode from several threads at once; `runs_on_gpu(options)`, whether it runs on a
+    GPU with these options; `describe(model, **options)`, the ModelInfo of a model without running it.
     """
 
     backend: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
     torch_threads: ClassVar[bool] = False
+    concurrent_calls: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

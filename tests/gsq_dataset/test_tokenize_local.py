@@ -127,6 +127,30 @@ def test_local_run_reports_every_stage_and_its_bound_in_summary_and_manifest(our
     assert f"bound: {stages['bound']}" in lines[2] and "start-up" in lines[2]
 
 
+def test_onnx_runs_two_tokenizer_calls_at_once_with_every_id_once_and_the_runtimes_tokens(photos, tiny_model, tmp_path):
+    """ONNX Runtime declares concurrent calls: on 2+ cores the local executor keeps two single-thread
+    encode calls in flight; every id lands once, with the tokens the same runtime gives each batch."""
+    from exporters.onnx import export_onnx
+    from runtimes import load_runtime
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two tokenizer calls at once need 2+ cores")
+    model_dir = tmp_path / "tiny-onnx"
+    export_onnx(load_tokenizer(tiny_model), model_dir, graphs=("tokenize",), validate=False, progress=False)
+    out = tmp_path / "tokens"
+    summary = tokenize(str(model_dir), photos, out, backend="onnx")
+    run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
+    assert run["workers"]["tokenizer_calls"] == 2 and run["workers"]["threads"] == len(os.sched_getaffinity(0)) // 2
+    assert run["stages"]["parallel"]["tokenize"] == 2
+    samples = list(read_tokens(out))
+    ids = [s.id for s in samples]
+    assert len(ids) == len(set(ids)) and set(ids) == expected_ids(photos) and summary.tokenized == len(ids)
+    runtime = load_runtime("onnx", model_dir, threads=1)
+    for sample in samples:  # one image a call: the lookup's tokens do not depend on the batch here
+        pixels = model_input(preprocess_file(photos / sample.id, SIZE, runtime.info.downsample_factor)[None])
+        np.testing.assert_array_equal(sample.codes.astype(np.int64), runtime.encode(pixels)[0])
+
+
 def test_a_rerun_does_nothing_and_new_files_are_the_only_work(tiny_model, photos, tmp_path):
     source = tmp_path / "photos"
     source.mkdir()
