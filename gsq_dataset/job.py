@@ -1,5 +1,6 @@
-"""One gsq-tokenize run: check everything on the driver, then read -> decode -> tokenize -> write on
-Ray Data, commit the shards, and record the run in the manifest."""
+"""One gsq-tokenize run: check everything on the driver, then read -> decode -> tokenize -> write in
+this process (gsq_dataset.local) or on Ray Data (choose_executor), commit the shards, and record the
+run in the manifest."""
 
 from __future__ import annotations
 
