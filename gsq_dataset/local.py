@@ -104,12 +104,12 @@ def run_local(
             def finish(call: Future[tuple[Encoded, float]]) -> None:
                 nonlocal first_batch, last_finished
                 encoded, finished = call.result()
-                batch_size = encoded.table.num_rows + len(encoded.failed_ids)
-                clock.add("tokenize", encoded.seconds, batch_size)
+                images = encoded.table.num_rows + len(encoded.failed_ids)
+                clock.add("tokenize", encoded.seconds, images)
                 record_failures(failed_dir, encoded.failed_ids, encoded.failed_reasons)
                 counts["tokenized"] += encoded.table.num_rows
                 counts["failed"] += len(encoded.failed_ids)
-                bar.update(batch_size)
+                bar.update(images)
                 if encoded.table.num_rows:
                     if first_batch is None:
                         first_batch = (finished, encoded.table.num_rows)

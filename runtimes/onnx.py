@@ -139,40 +139,41 @@ class OnnxRuntime(ArtifactRuntime):
 
     # -- sessions ----------------------------------------------------------------------------------
     def session(self, name: str) -> Any:
-        """The ONNX Runtime session of one graph, created once and reused."""
+        """The ONNX Runtime session of one graph, created once (under a lock: concurrent callers) and reused."""
         with self._session_lock:
-            return self._sessions.get(name) or self._create_session(name)
+            if name not in self._sessions:
+                self._sessions[name] = self._create_session(name)
+            return self._sessions[name]
 
     def _create_session(self, name: str) -> Any:
-        if name not in self._sessions:
-            path = self.artifact.graph_path(name)
-            options = self._ort.SessionOptions()
-            levels = self._ort.GraphOptimizationLevel
-            options.graph_optimization_level = {
-                "disable": levels.ORT_DISABLE_ALL,
-                "basic": levels.ORT_ENABLE_BASIC,
-                "extended": levels.ORT_ENABLE_EXTENDED,
-                "all": levels.ORT_ENABLE_ALL,
-            }[self.graph_optimization]
-            # Run nodes in the graph's order: by default ORT starts every code block's MatMul of the
-            # dense lookup before reducing any, so several [vectors, code block] score matrices live
-            # at once (IBQ, V = 262,144, D = 256, 1,024 vectors: +1.6 GB instead of +0.54 GB; same speed).
-            options.execution_order = self._ort.ExecutionOrder.PRIORITY_BASED
-            options.log_severity_level = 3
-            if self.threads is not None:
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-            for key, value in self.session_config.items():
-                options.add_session_config_entry(key, value)
-            if self.memory == "shared":
-                _register_shared_cpu_arena(self._ort)
-                options.add_session_config_entry("session.use_env_allocators", "1")
-                options.enable_mem_pattern = False
-            try:
-                self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self._providers)
-            except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise ArtifactError(f"{path}: onnxruntime cannot load it: {first_line(error)}") from None
-        return self._sessions[name]
+        """A new ONNX Runtime session of one graph with this runtime's settings."""
+        path = self.artifact.graph_path(name)
+        options = self._ort.SessionOptions()
+        levels = self._ort.GraphOptimizationLevel
+        options.graph_optimization_level = {
+            "disable": levels.ORT_DISABLE_ALL,
+            "basic": levels.ORT_ENABLE_BASIC,
+            "extended": levels.ORT_ENABLE_EXTENDED,
+            "all": levels.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        # Run nodes in the graph's order: by default ORT starts every code block's MatMul of the
+        # dense lookup before reducing any, so several [vectors, code block] score matrices live
+        # at once (IBQ, V = 262,144, D = 256, 1,024 vectors: +1.6 GB instead of +0.54 GB; same speed).
+        options.execution_order = self._ort.ExecutionOrder.PRIORITY_BASED
+        options.log_severity_level = 3
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
+        if self.memory == "shared":
+            _register_shared_cpu_arena(self._ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            options.enable_mem_pattern = False
+        try:
+            return self._ort.InferenceSession(str(path), options, providers=self._providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ArtifactError(f"{path}: onnxruntime cannot load it: {first_line(error)}") from None
 
     def _run(self, name: str, value: np.ndarray) -> np.ndarray:
         session = self.session(name)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from tests.conftest import FLEXGEN, REPO, assert_one_line_error, run_module  # noqa: F401 (used by the target tests)
+from tests.conftest import FLEXGEN
 
 FP32_GRAPHS = ("quantizer", "tokenize", "detokenize")
 needs_fp16 = pytest.mark.skipif(

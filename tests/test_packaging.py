@@ -12,8 +12,8 @@ import sys
 import tomllib
 
 import numpy as np
-from tests.conftest import FLEXGEN
-from tests.targets_support import REPO, assert_one_line_error, fp32_onnx
+from tests.conftest import FLEXGEN, REPO, assert_one_line_error
+from tests.targets_support import fp32_onnx
 
 # The runtime and only the runtime (issue 11): no torch, accelerate, matplotlib, scikit-image...
 BASE_REQUIREMENTS = {"numpy", "onnxruntime", "pillow", "click", "tqdm", "rich"}

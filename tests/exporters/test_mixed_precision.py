@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-from tests.conftest import FLEXGEN, expected_vectors
-from tests.targets_support import assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
+from tests.conftest import FLEXGEN, assert_one_line_error, expected_vectors, run_module
+from tests.targets_support import eager, fp32_onnx, reduced_onnx
 
 from exporters import ExportError
 from exporters.build import ExportOptions, check_target, convert, export

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from tests.conftest import FLEXGEN, expected_vectors
+from tests.conftest import FLEXGEN, assert_one_line_error, expected_vectors, run_module
 from onnx import numpy_helper
-from tests.targets_support import FP16, assert_one_line_error, eager, fp32_onnx, needs_fp16, reduced_onnx, run_module
+from tests.targets_support import FP16, eager, fp32_onnx, needs_fp16, reduced_onnx
 
 from exporters import ExportError
 from exporters.build import ExportOptions, convert

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
-from tests.targets_support import assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
+from tests.conftest import (
+    CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, assert_one_line_error, expected_vectors, run_module,
+)
+from tests.targets_support import eager, fp32_onnx, reduced_onnx
 
 from exporters.build import ExportOptions, convert
 from exporters.precision import PrecisionPlan

@@ -15,9 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from tests.conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors
+from tests.conftest import (
+    CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, REPO, assert_one_line_error, expected_vectors, run_module,
+)
 from onnx import TensorProto, helper
-from tests.targets_support import FP16, FP32_GRAPHS, REPO, assert_one_line_error, eager, fp32_onnx, reduced_onnx, run_module
+from tests.targets_support import FP16, FP32_GRAPHS, eager, fp32_onnx, reduced_onnx
 
 from exporters import ExportError
 from exporters.tensorrt import ProfileShapes, input_shapes

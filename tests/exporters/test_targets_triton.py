@@ -108,8 +108,7 @@ def test_refuses_the_wrong_source_and_bad_options(tmp_path):
 
 
 def test_cli_writes_a_repository(tmp_path):
-    from tests.conftest import FLEXGEN
-    from tests.targets_support import run_module
+    from tests.conftest import FLEXGEN, run_module
 
     out = tmp_path / "repo"
     result = run_module(

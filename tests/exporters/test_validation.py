@@ -8,7 +8,6 @@ a runner is anything with run_graph(name, value).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -20,7 +20,6 @@ from runtimes.artifacts import Artifact, ArtifactError, file_sha256
 from runtimes.info import ModelInfo
 from runtimes.base import (
     ArtifactRuntime,
-    artifact_work_limit,
     check_artifact_codes,
     check_artifact_images,
     check_codes,
