@@ -56,7 +56,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     torch's (~200 MB), and the report says whether torch was loaded.
     """
     from gsq_core.images import read_image
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     runtime = load_runtime(job["backend"], job["model"], **job.get("options", {}))
     if runtime.torch_threads:  # its threads are torch's of this process (runtimes' declaration)

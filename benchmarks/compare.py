@@ -34,7 +34,7 @@ from gsq_core.checkpoint_options import add_checkpoint_arguments
 from gsq_core.errors import GSQError
 
 if TYPE_CHECKING:
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.precision import PrecisionPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # report.json's layout: 2 added schema_version itself and writes each renamed result field under
@@ -63,7 +63,7 @@ def comma_list(text: str) -> list[str]:
 def precision_list(text: str) -> list[PrecisionPlan]:
     """The precision plans of `fp32,int8,encoder=fp32+decoder=int8` (exporters.precision), each once:
     parsed here, at the command line, and passed on as plans."""
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.precision import PrecisionPlan
 
     try:
         return list(dict.fromkeys(PrecisionPlan.parse(item) for item in comma_list(text)))
@@ -142,7 +142,7 @@ def artifact_name(backend: str, precision: PrecisionPlan) -> str:
 
 def _manifest_matches(directory: Path, backend: str, precision: PrecisionPlan, args: argparse.Namespace) -> bool:
     """Whether directory holds a backend + precision export; GSQError when it holds one of another checkpoint."""
-    from runtimes.artifacts import load_artifact
+    from gsq_deploy.runtimes.artifacts import load_artifact
 
     if not (directory / "manifest.json").is_file():
         return False
@@ -162,8 +162,8 @@ def _manifest_matches(directory: Path, backend: str, precision: PrecisionPlan, a
 
 def _export(backend: str, precision: PrecisionPlan, model: Any, out_dir: Path, args: argparse.Namespace) -> Path:
     """Export with the target's exporter (exporters.build); compare.py measures fidelity itself."""
-    from exporters import TARGETS
-    from exporters.build import ExportOptions, export
+    from gsq_deploy.exporters import TARGETS
+    from gsq_deploy.exporters.build import ExportOptions, export
 
     if backend not in TARGETS:
         raise Unavailable(f"no exporter for {backend!r} (targets: {', '.join(TARGETS)})")
@@ -179,7 +179,7 @@ def runtime_options(backend: str, threads: int) -> dict[str, Any]:
     """Options of one runtime, as that runtime declares them (runtimes.runtime_class(...).options):
     the thread count goes to the runtimes that take a `threads` option (onnx, openvino); TensorRT
     takes a device and runs on its default one; torch's threads are its process's, set in its worker."""
-    from runtimes import runtime_class
+    from gsq_deploy.runtimes import runtime_class
 
     return {"threads": threads} if "threads" in runtime_class(backend).options else {}
 
@@ -276,11 +276,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.backend_worker import timing_images
     from benchmarks.compare_report import fidelity, load_outputs
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.precision import PrecisionPlan
     from gsq_core.api import load_tokenizer, resolve_checkpoint
     from gsq_core.budgets import check_work
     from gsq_core.images import expand_image_paths, inspect_image, read_image
-    from runtimes.artifacts import file_sha256
+    from gsq_deploy.runtimes.artifacts import file_sha256
 
     args.ckpt_path = resolve_checkpoint(args.ckpt)
     args.ckpt_sha256 = file_sha256(args.ckpt_path)
@@ -440,7 +440,7 @@ def fastest_faithful_path(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtimes import check_backend
+    from gsq_deploy.runtimes import check_backend
 
     try:  # a backend name that does not exist is refused before any work
         for backend in args.backends:

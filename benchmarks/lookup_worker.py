@@ -117,8 +117,8 @@ def onnx_lookup(
     """Export the quantizer graph with exporters.onnx (lookup "auto" or "dense") and run it as users
     do: runtimes.onnx (CPU, case.threads threads, its batch chunking); also return the manifest's
     lookup facts."""
-    from exporters.onnx import export_onnx
-    from runtimes import load_runtime
+    from gsq_deploy.exporters.onnx import export_onnx
+    from gsq_deploy.runtimes import load_runtime
 
     artifact = workdir / f"quantizer-artifact-{lookup}"
     manifest = export_onnx(
@@ -149,7 +149,7 @@ def skip_reason(case: LookupCase) -> str | None:
         return f"needs a {format_gib(matrix_gib(case))} N x V matrix (> --max-matrix-gib {case.max_matrix_gib:g})"
     if case.method in ("onnx", "onnx_dense"):
         try:
-            import exporters.onnx  # noqa: F401
+            import gsq_deploy.exporters.onnx  # noqa: F401
         except ImportError as error:
             return f"exporters.onnx is not importable ({error})"
     return None

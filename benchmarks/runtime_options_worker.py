@@ -42,7 +42,7 @@ def timed(function: Any, value: np.ndarray, samples: list[float], cpu: list[floa
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Open the runtime, warm both directions up, then time `rounds` passes over the images."""
     from gsq_core.images import read_image
-    from runtimes import load_runtime, runtime_class
+    from gsq_deploy.runtimes import load_runtime, runtime_class
 
     if job["mode"] not in MODES:
         raise ValueError(f"unknown mode {job['mode']!r}; choose from {', '.join(MODES)}")

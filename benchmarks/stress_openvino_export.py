@@ -40,7 +40,7 @@ forks = []
 os.register_at_fork(before=lambda: forks.append(threading.current_thread().name))
 atexit.register(lambda: print("{FORK_MARK}", len(forks), ",".join(forks), file=sys.stderr, flush=True))
 sys.argv = ["gsq-export"] + sys.argv[1:]
-from exporters.cli import main
+from gsq_deploy.exporters.cli import main
 main()
 """
 

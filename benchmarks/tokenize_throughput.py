@@ -114,7 +114,7 @@ def make_mixed_photos(folder: Path, count: int, seed: int = 0) -> None:
 def plain_loop(model: str, photos: Path, size: int, batch: int) -> None:
     """Decode + ADM crop + encode at `batch`, one process, the machine's cores as runtime threads."""
     from gsq_dataset.preprocess import model_input, preprocess_file
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     runtime = load_runtime("onnx", model, threads=len(os.sched_getaffinity(0)))
     factor = runtime.info.downsample_factor
@@ -205,7 +205,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
     from gsq_core import load_tokenizer
 
     onnx_dir = args.out / "model-onnx"

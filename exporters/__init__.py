@@ -1,6 +1,6 @@
 """exporters: turn a GSQ tokenizer into deployable graphs plus a manifest (see docs/onnx.md).
 
-    from exporters.build import ExportOptions, export
+    from gsq_deploy.exporters.build import ExportOptions, export
     manifest = export(load_tokenizer("model.pt"), "out/model-onnx", "onnx", ExportOptions())  # fp32
 
 or `gsq-export --ckpt model.pt --target onnx --out out/model-onnx`. Torch loads lazily: the target
@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 # target name -> "module:TARGET" (an exporters.build.Target declared in that module); a new target
 # is one module plus one line here.
 TARGETS: dict[str, str] = {
-    "onnx": "exporters.onnx:TARGET",
-    "trt": "exporters.tensorrt:TARGET",
-    "openvino": "exporters.openvino:TARGET",
-    "triton": "exporters.triton:TARGET",
+    "onnx": "gsq_deploy.exporters.onnx:TARGET",
+    "trt": "gsq_deploy.exporters.tensorrt:TARGET",
+    "openvino": "gsq_deploy.exporters.openvino:TARGET",
+    "triton": "gsq_deploy.exporters.triton:TARGET",
 }
 
 # Every graph an artifact directory can hold, in the order they are written.

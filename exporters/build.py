@@ -1,8 +1,8 @@
 """One build skeleton for every target: typed options, a source artifact, a build step, validation
 through the runtime users load, an atomic install.
 
-    from exporters.build import ExportOptions, export
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.build import ExportOptions, export
+    from gsq_deploy.exporters.precision import PrecisionPlan
     manifest = export(model, "out/model-ov", "openvino", ExportOptions(precision=PrecisionPlan.parse("int8")))
 
 A target is a `Target` declared in its own module (exporters.onnx, .openvino, .tensorrt, .triton)
@@ -120,7 +120,7 @@ class SourceArtifact:
     @classmethod
     def read(cls, directory: str | Path) -> SourceArtifact:
         """The artifact read as runtimes read it (schema, files inside the folder, checksums)."""
-        from runtimes.artifacts import load_artifact
+        from gsq_deploy.runtimes.artifacts import load_artifact
 
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
@@ -132,7 +132,7 @@ class SourceArtifact:
         return self.manifest["graphs"]
 
     def graph_path(self, name: str) -> Path:
-        from runtimes.artifacts import contained_path
+        from gsq_deploy.runtimes.artifacts import contained_path
 
         return contained_path(self.directory, self.graphs[name]["file"], f"graph {name}'s file")
 
@@ -338,7 +338,7 @@ def validate_staged(
     log: StageLog,
 ) -> dict[str, Any]:
     """Open the staged artifact with the runtime users load and validate every graph through it."""
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     from .calibration import validation_batches
     from .graphs import ShapePlan, graph_specs

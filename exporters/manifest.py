@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # The format is defined where it is read (runtimes.artifacts), so writer and reader cannot drift apart.
-from runtimes.artifacts import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
-from runtimes.artifacts import SUPPORTED_FORMAT_VERSION as MANIFEST_FORMAT_VERSION
+from gsq_deploy.runtimes.artifacts import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
+from gsq_deploy.runtimes.artifacts import SUPPORTED_FORMAT_VERSION as MANIFEST_FORMAT_VERSION
 
 if TYPE_CHECKING:
     from gsq_core.model import GSQTokenizer

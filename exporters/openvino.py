@@ -50,7 +50,7 @@ SPLIT_REASON = (
 
 def require_openvino() -> Any:
     """The openvino module, or ExportError with the install command."""
-    from runtimes.openvino import import_openvino
+    from gsq_deploy.runtimes.openvino import import_openvino
 
     try:
         openvino = import_openvino()  # without OpenVINO's telemetry, whose fork hung exports

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from runtimes.artifacts import LOOKUP_GRAPHS, PRECISIONS
+from gsq_deploy.runtimes.artifacts import LOOKUP_GRAPHS, PRECISIONS
 
 from . import ExportError
 

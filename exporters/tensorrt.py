@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtimes.trt import cuda_device_facts, missing_requirements, trt_install_hint
+from gsq_deploy.runtimes.trt import cuda_device_facts, missing_requirements, trt_install_hint
 
 from . import ExportError, flag
 from .build import BuildStep, ExportOptions, SourceRequest, Target, export

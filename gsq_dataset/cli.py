@@ -23,7 +23,7 @@ import click
 from gsq_core.console import run_command
 from gsq_core.errors import GSQError, InputError
 from gsq_core.extras import missing_package_message
-from runtimes import backend_choice, runtime_class
+from gsq_deploy.runtimes import backend_choice, command, runtime_class
 
 PROG = "gsq-tokenize"
 
@@ -32,8 +32,8 @@ PROG = "gsq-tokenize"
     name=PROG,
     help=__doc__.split("\n\n")[0],
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    epilog="Backend options (see python -m runtimes.<backend> encode --help): torch --device --config --ema/--no-ema; onnx --provider; "
-    "openvino --device --inference-precision; trt --device.",
+    epilog=f"Backend options (see {command('<backend>')} encode --help): torch --device --config --ema/--no-ema; "
+    "onnx --provider; openvino --device --inference-precision; trt --device.",
 )
 @click.option("--model", required=True, help="A checkpoint or 'default' (torch), an exported model directory otherwise.")
 @click.option(

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gsq_core.errors import InputError
-from runtimes.token_shards import FLEXGEN_NAME, FLEXGEN_SPLIT, GRIDS_KEY, IDS_KEY, JSONL_NAME, data_files, grids
+from gsq_deploy.runtimes.token_shards import (FLEXGEN_NAME, FLEXGEN_SPLIT, GRIDS_KEY, IDS_KEY, JSONL_NAME, data_files,
+                                             grids)
 
 FORMATS = ("ours", "flexgen", "jsonl")
 FLEXGEN_SCHEMA = pa.schema([pa.field("label", pa.int32()), pa.field("image_codes", pa.list_(pa.list_(pa.int32())))])

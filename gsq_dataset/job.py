@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gsq_core.errors import GSQError, InputError
-from runtimes import runtime_class
+from gsq_deploy.runtimes import runtime_class
 
 from . import preprocess
 from .inputs import InputSet, find_inputs
@@ -109,7 +109,7 @@ def model_facts(backend: str, model: str, options: dict[str, Any]) -> dict[str, 
     """V, G, downsampling factor, layout, precision and a checksum of the model, read on the driver
     by the runtimes (runtimes.describe: opened here on a CPU, so that a bad option or model fails
     before Ray starts; read from its files for a GPU, which the driver may not have)."""
-    from runtimes import describe
+    from gsq_deploy.runtimes import describe
 
     info = describe(backend, model, **options).to_dict()
     return {key: info[key] for key in MODEL_FACTS}

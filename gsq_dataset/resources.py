@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gsq_core.errors import InputError
 
 if TYPE_CHECKING:
-    from runtimes import TokenizerRuntime
+    from gsq_deploy.runtimes import TokenizerRuntime
 
 READ_RESERVE_CPUS = 0.5  # per node, kept for the read/decode/write tasks
 TASK_CPUS = 0.25  # Ray CPUs each read/decode/write task asks for

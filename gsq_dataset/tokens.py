@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtimes.token_shards import MANIFEST_NAME, TOKEN_COLUMNS, TokenSample, read_manifest, read_tokens, shard_paths
+from gsq_deploy.runtimes.token_shards import (MANIFEST_NAME, TOKEN_COLUMNS, TokenSample, read_manifest, read_tokens,
+                                             shard_paths)
 
 if TYPE_CHECKING:
     import pyarrow as pa

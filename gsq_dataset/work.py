@@ -134,7 +134,7 @@ def load_tokenizer_runtime(backend: str, model: str, options: dict[str, Any], to
         import torch
 
         torch.set_num_threads(torch_threads)
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     return load_runtime(backend, model, **options)
 

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 # backend name -> "module:class"; a new backend is one new module plus one line here.
 BACKENDS: dict[str, str] = {
-    "torch": "runtimes.torch:TorchRuntime",
-    "onnx": "runtimes.onnx:OnnxRuntime",
+    "torch": "gsq_deploy.runtimes.torch:TorchRuntime",
+    "onnx": "gsq_deploy.runtimes.onnx:OnnxRuntime",
     # issue 4 targets
-    "openvino": "runtimes.openvino:OpenVinoRuntime",
-    "trt": "runtimes.trt:TrtRuntime",
+    "openvino": "gsq_deploy.runtimes.openvino:OpenVinoRuntime",
+    "trt": "gsq_deploy.runtimes.trt:TrtRuntime",
 }
 
 
@@ -62,6 +62,12 @@ def load_runtime(backend: str, model: str | Path, **options: Any) -> TokenizerRu
     return runtime(model, **options)
 
 
+def command(backend: str | None = None) -> str:
+    """The shell command of a backend's CLI by its installed name, which works wherever gsq-deploy is
+    installed, editable or not (in a checkout's root `python -m runtimes.onnx` works too)."""
+    return "python -m gsq_deploy.runtimes" + (f".{backend}" if backend else "")
+
+
 def describe(backend: str, model: str | Path, **options: Any) -> ModelInfo:
     """The ModelInfo of `model` on a backend with these options, without running it on a GPU
     (TokenizerRuntime.describe)."""
@@ -74,6 +80,7 @@ __all__ = [
     "TokenizerRuntime",
     "backend_choice",
     "check_backend",
+    "command",
     "describe",
     "load_runtime",
     "runtime_class",

@@ -9,12 +9,12 @@ import click
 
 from gsq_core.console import run_command
 
-from . import BACKENDS, backend_choice
+from . import BACKENDS, backend_choice, command
 
 
 @click.command(
     help="Encode images to tokens and decode them back with the backend chosen by --backend; the rest of the "
-    "command line is that backend's (python -m runtimes --backend onnx encode --help).",
+    f"command line is that backend's ({command()} --backend onnx encode --help).",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--backend", required=True, type=backend_choice(), help="The runtime to use.")
@@ -24,11 +24,11 @@ def main_command(backend: str, arguments: tuple[str, ...]) -> None:
     from .cli import build_cli
 
     group = build_cli(backend, module.MODEL_HELP, module.cli_options())
-    group.main(list(arguments), prog_name=f"python -m runtimes --backend {backend}", standalone_mode=False)
+    group.main(list(arguments), prog_name=f"{command()} --backend {backend}", standalone_mode=False)
 
 
 def main() -> None:
-    run_command(main_command, "python -m runtimes")
+    run_command(main_command, command())
 
 
 if __name__ == "__main__":

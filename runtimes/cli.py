@@ -27,7 +27,7 @@ from gsq_core.errors import InputError
 from gsq_core.images import ImageHeader, expand_image_paths, inspect_image, parse_size, read_image, write_image
 from gsq_core.outputs import check_output_file, check_output_files
 
-from . import load_runtime
+from . import command, load_runtime
 from .base import TokenizerRuntime, check_codes
 from .info import ModelInfo
 from .token_file import TokenFile, read_token_file
@@ -37,7 +37,7 @@ PROGRESS_MIN_IMAGES = 8  # show a progress bar above this many images
 
 def run_cli(backend: str, model_help: str, options: Sequence[Callable]) -> None:
     """Build the encode/decode group for one backend and run it with one-line errors."""
-    run_command(build_cli(backend, model_help, options), f"python -m runtimes.{backend}")
+    run_command(build_cli(backend, model_help, options), command(backend))
 
 
 def build_cli(backend: str, model_help: str, options: Sequence[Callable]) -> click.Group:

@@ -37,7 +37,7 @@ def eager(name: str):
 @lru_cache(maxsize=None)
 def fp32_onnx(name: str) -> Path:
     """fp32 ONNX artifact (dynamic shapes, not validated: test_export_onnx covers that) of a model."""
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     out = _ROOT / f"{name}-onnx-fp32"
     export_onnx(eager(name), out, graphs=FP32_GRAPHS, validate=False, progress=False)
@@ -48,8 +48,8 @@ def fp32_onnx(name: str) -> Path:
 def reduced_onnx(name: str, precision: str) -> Path:
     """fp16 / int8 (or per-part, e.g. "encoder=fp32,decoder=int8") ONNX artifact of a model,
     validated against eager on the model's fixture images."""
-    from exporters.build import ExportOptions, convert
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.build import ExportOptions, convert
+    from gsq_deploy.exporters.precision import PrecisionPlan
 
     plan = PrecisionPlan.parse(precision)
     out = _ROOT / f"{name}-onnx-{plan.slug}"

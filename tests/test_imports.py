@@ -8,6 +8,9 @@ The allowed direction, lowest first (a folder imports only folders of a lower la
     exporters, gsq_dataset, train     build artifacts / tokenize datasets / train, asking runtimes
     benchmarks                        measures all of the above
 
+runtimes/, exporters/ and train/ install as gsq_deploy.runtimes, gsq_deploy.exporters and
+gsq_deploy.train (pyproject.toml): an import of gsq_deploy.X is an import of folder X.
+
 So runtimes/ never imports gsq_dataset/ (gsq-tokenize output is read by runtimes.token_shards), and
 no two folders import each other, directly or through a third.
 """
@@ -25,11 +28,14 @@ LAYERS = {"gsq_core": 0, "runtimes": 1, "exporters": 2, "gsq_dataset": 2, "train
 
 def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
     """(absolute module name, line) of every import in a module: import / from-import statements at
-    any depth (functions, TYPE_CHECKING blocks) and importlib.import_module("constant")."""
+    any depth (functions, TYPE_CHECKING blocks) and importlib.import_module("constant").
+    `from gsq_deploy import runtimes` counts as an import of gsq_deploy.runtimes."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "gsq_deploy":
+            found += [(f"gsq_deploy.{alias.name}", node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.module, node.lineno))
         elif (
@@ -44,6 +50,12 @@ def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
     return found
 
 
+def folder_of(module: str) -> str:
+    """The top-level folder a module lives in: gsq_deploy.runtimes.onnx -> runtimes."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "gsq_deploy" and len(parts) > 1 else parts[0]
+
+
 def folder_imports(repo: Path) -> list[tuple[str, str, str]]:
     """(importing folder, imported folder, 'path:line') for every import from one top-level folder of
     another."""
@@ -52,7 +64,7 @@ def folder_imports(repo: Path) -> list[tuple[str, str, str]]:
         for path in sorted((repo / folder).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for module, line in imported_modules(tree):
-                target = module.split(".")[0]
+                target = folder_of(module)
                 if target in LAYERS and target != folder:
                     edges.append((folder, target, f"{path.relative_to(repo)}:{line}"))
     return edges
@@ -119,7 +131,7 @@ def test_the_checks_see_a_planted_import(tmp_path):
     (tmp_path / "runtimes" / "cli.py").write_text(
         "def decode():\n    from gsq_dataset.tokens import read_tokens\n    return read_tokens\n"
     )
-    (tmp_path / "gsq_dataset" / "job.py").write_text("import importlib\nimportlib.import_module('runtimes.onnx')\n")
+    (tmp_path / "gsq_dataset" / "job.py").write_text("import importlib\nimportlib.import_module('gsq_deploy.runtimes.onnx')\n")
     planted = folder_imports(tmp_path)
     assert ("runtimes", "gsq_dataset", "runtimes/cli.py:2") in planted
     assert cycle(planted) in (["gsq_dataset", "runtimes", "gsq_dataset"], ["runtimes", "gsq_dataset", "runtimes"])
@@ -136,3 +148,20 @@ def test_backend_knowledge_stays_in_runtimes():
         if "uses_gpu" in line or "inspect.signature" in line
     ]
     assert not found, f"backend knowledge outside runtimes/ at {', '.join(found)}"
+
+
+def test_the_repository_imports_runtimes_exporters_and_train_by_their_installed_names():
+    """Code and tests import gsq_deploy.runtimes (and relative imports inside a folder), never the
+    checkout's top-level `runtimes`, which an installed wheel does not have. Exceptions: the commands
+    `python -m runtimes.onnx` (strings, not imports) and the test that the two names are one module."""
+    bare = ("runtimes", "exporters", "train")
+    allowed = {REPO / "tests" / "test_installed_names.py"}
+    found = [
+        f"{path.relative_to(REPO)}:{line} ({module})"
+        for folder in (*LAYERS, "tests")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if "fixtures" not in path.parts and path not in allowed
+        for module, line in imported_modules(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        if module.split(".")[0] in bare
+    ]
+    assert not found, f"imports by the checkout's folder names at {', '.join(found)}"

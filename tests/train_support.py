@@ -18,8 +18,8 @@ def tiny_accelerated_run(**options):
     LambdaLR prepared, an EMA and the run progress registered for checkpointing."""
     from accelerate import Accelerator
 
-    from train.ema import make_ema
-    from train.main import Progress
+    from gsq_deploy.train.ema import make_ema
+    from gsq_deploy.train.main import Progress
 
     fresh_accelerate_state()
     accelerator = Accelerator(cpu=True, **options)
@@ -33,7 +33,7 @@ def tiny_accelerated_run(**options):
 
 def train_in_process(*argv: str) -> None:
     """train.main.main in this process: three runs cost one interpreter start, not three."""
-    from train.main import main
+    from gsq_deploy.train.main import main
 
     fresh_accelerate_state()
     try:

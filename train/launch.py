@@ -2,6 +2,7 @@
 end with the training script's own `error:` line and exit status.
 
     gsq-train [accelerate launch options] train/main.py --config ... --output-dir ...
+    gsq-train [accelerate launch options] -m gsq_deploy.train.main --config ...   (the wheel, no checkout)
 
 `accelerate launch` itself turns any non-zero exit of the script into a launcher traceback
 (subprocess.CalledProcessError for one process, torch.distributed's ChildFailedError report for

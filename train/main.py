@@ -3,6 +3,8 @@
     accelerate launch train/main.py --config train/configs/smoke.yaml --data DIR --output-dir DIR \
         [--max-steps N] [--resume] [--overwrite] [section.key=value ...]
 
+(installed from the wheel, with no checkout: `gsq-train -m gsq_deploy.train.main --config ...`)
+
 Writes <output-dir>/checkpoints/ (full training state, every log.checkpoint_every steps),
 <output-dir>/logs/, <output-dir>/samples/ (validation grids) and, at the end,
 <output-dir>/model.safetensors: the EMA generator in gsq_core's native format.
@@ -32,14 +34,15 @@ except ImportError as _missing:  # one line naming the extra, not a ModuleNotFou
 from gsq_core.checkpoint import config_summary
 from gsq_core.errors import GSQError
 from gsq_core.model import GSQTokenizer
-from train import checkpointing, run_log
-from train.config import TrainConfig, load_config
-from train.data import (CropSpec, DataError, FolderStream, ShardStream, iter_tar_images, list_images, list_shards,
-                        split_validation)
-from train.discriminator import PatchDiscriminator
-from train.ema import make_ema
-from train.losses import adversarial_active, discriminator_loss, generator_adversarial_loss, reconstruction_loss
-from train.validation import evaluate, load_validation_images, save_grid
+from gsq_deploy.train import checkpointing, run_log
+from gsq_deploy.train.config import TrainConfig, load_config
+from gsq_deploy.train.data import (CropSpec, DataError, FolderStream, ShardStream, iter_tar_images, list_images,
+                                   list_shards, split_validation)
+from gsq_deploy.train.discriminator import PatchDiscriminator
+from gsq_deploy.train.ema import make_ema
+from gsq_deploy.train.losses import (adversarial_active, discriminator_loss, generator_adversarial_loss,
+                                     reconstruction_loss)
+from gsq_deploy.train.validation import evaluate, load_validation_images, save_grid
 
 FINAL_MODEL = "model.safetensors"
 
@@ -202,7 +205,7 @@ def build_perceptual(config: TrainConfig):
     if not loss.lpips_vgg_weights or not loss.lpips_linear_weights:
         return None, ("perceptual loss: off: set loss.lpips_vgg_weights and loss.lpips_linear_weights to local "
                       "files (LPIPS weights are never downloaded)")
-    from train.perceptual import LPIPS
+    from gsq_deploy.train.perceptual import LPIPS
 
     return LPIPS.from_files(loss.lpips_vgg_weights, loss.lpips_linear_weights), (
         f"perceptual loss: LPIPS from {loss.lpips_vgg_weights} + {loss.lpips_linear_weights}")

@@ -175,7 +175,7 @@ def test_fastest_faithful_path_picks_the_fastest_result_that_meets_each_criterio
 
 def test_compare_reads_per_part_precisions_and_refuses_bad_ones(tmp_path):
     from benchmarks.compare import precision_list
-    from exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.precision import PrecisionPlan
 
     assert precision_list("fp32,encoder=fp32+decoder=int8,int8,decoder=int8") == [
         PrecisionPlan("fp32", "fp32"),
@@ -189,7 +189,7 @@ def test_compare_reads_per_part_precisions_and_refuses_bad_ones(tmp_path):
 
 def test_compare_passes_each_runtime_only_the_options_it_declares():
     from benchmarks.compare import runtime_options
-    from runtimes import runtime_class
+    from gsq_deploy.runtimes import runtime_class
 
     assert runtime_options("onnx", 3) == {"threads": 3}
     assert runtime_options("openvino", 3) == {"threads": 3}
@@ -219,7 +219,7 @@ class ClockedRuntime:
     torch_threads = False
 
     def __init__(self, clock: list[float], encode_s: float, decode_s: float):
-        from runtimes import ModelInfo
+        from gsq_deploy.runtimes import ModelInfo
 
         self.clock, self.encode_s, self.decode_s = clock, encode_s, decode_s
         self.info = ModelInfo("clocked", "unused", "0" * 64, "fp32", "cpu", 1, 1, 8, "BHWG")
@@ -250,7 +250,7 @@ def clocked_job(monkeypatch, tmp_path, encode_s: float, decode_s: float) -> dict
     import numpy as np
     from PIL import Image
 
-    import runtimes
+    from gsq_deploy import runtimes
     from benchmarks.backend_worker import run_job
 
     clock = [0.0]
@@ -305,7 +305,7 @@ def test_tokenize_throughput_plain_loop_encodes_every_photo_and_failures_fail_th
     from PIL import Image
 
     from benchmarks.tokenize_throughput import failed_measurements, measure_plain
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
     from tests.conftest import tiny_gsq_model
 
     model_dir = tmp_path / "tiny-onnx"

@@ -7,6 +7,9 @@ its tests exist, so a refactoring that moves a snippet is noticed here, not at t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from benchmarks.planted_faults import FAULTS, Fault, apply_fault, check_faults, copy_repository
@@ -37,3 +40,15 @@ def test_the_copy_holds_the_tracked_and_untracked_files(tmp_path):
     assert (tmp_path / "gsq_core" / "fidelity.py").read_bytes() == (root / "gsq_core" / "fidelity.py").read_bytes()
     assert (tmp_path / "tests" / "benchmarks" / "test_planted_faults.py").is_file()
     assert not (tmp_path / ".venv").exists() and not (tmp_path / ".git").exists()
+
+
+def test_the_copy_imports_its_own_folders_by_their_installed_names(tmp_path):
+    """A fault planted in the copy's runtimes/ must reach `import gsq_deploy.runtimes` in the copy's
+    test processes, whatever checkout an editable install points at."""
+    root = Path(__file__).resolve().parents[2]
+    copy_repository(root, tmp_path)
+    code = "import gsq_deploy.runtimes, gsq_deploy.exporters, gsq_deploy.train as t; print(t.__file__)"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).resolve() == (tmp_path / "train" / "__init__.py").resolve()

@@ -7,20 +7,20 @@ import sys
 import pytest
 from tests.targets_support import eager
 
-from exporters import TARGETS, ExportError
-from exporters.build import ExportOptions, check_target, export
-from exporters.precision import PrecisionPlan
-from exporters.target_options import export_options, target_option_types
+from gsq_deploy.exporters import TARGETS, ExportError
+from gsq_deploy.exporters.build import ExportOptions, check_target, export
+from gsq_deploy.exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.target_options import export_options, target_option_types
 
 TOY_TARGET = '''
 import shutil
 from dataclasses import dataclass
 from typing import ClassVar
 
-from exporters import flag
-from exporters.build import SourceRequest, Target
-from exporters.precision import PrecisionPlan
-from exporters.manifest import file_checksum
+from gsq_deploy.exporters import flag
+from gsq_deploy.exporters.build import SourceRequest, Target
+from gsq_deploy.exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.manifest import file_checksum
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,17 @@ import torch
 from tests.conftest import CONFORMANCE_MODELS, CONFORMANCE_SIZES, FLEXGEN, expected_vectors, run_module
 from PIL import Image
 
-from exporters import GRAPH_NAMES, ExportError, ExportValidationError
-from exporters.graphs import ShapePlan, graph_specs
-from exporters.onnx import export_onnx
-from exporters.validation import TOLERANCES, Tolerances, validate_graphs
+from gsq_deploy.exporters import GRAPH_NAMES, ExportError, ExportValidationError
+from gsq_deploy.exporters.graphs import ShapePlan, graph_specs
+from gsq_deploy.exporters.onnx import export_onnx
+from gsq_deploy.exporters.validation import TOLERANCES, Tolerances, validate_graphs
 from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer, load_tokenizer
 from gsq_core.errors import InputError
 from gsq_core.fidelity import psnr, score_gaps
 from gsq_core.images import float_to_uint8
-from runtimes.artifacts import ArtifactError, file_sha256
-from runtimes.onnx import OnnxRuntime
-from runtimes.torch import TorchRuntime
+from gsq_deploy.runtimes.artifacts import ArtifactError, file_sha256
+from gsq_deploy.runtimes.onnx import OnnxRuntime
+from gsq_deploy.runtimes.torch import TorchRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,8 @@ def test_onnx_tokens_and_latent_match_eager(exported, size):
 
 def test_runtime_splits_batches_to_bound_lookup_memory(exported, monkeypatch):
     """With a tiny lookup budget the runtime runs one image at a time and gets the same tokens."""
-    import runtimes.onnx
+    import gsq_deploy.runtimes.onnx
+    from gsq_deploy import runtimes
 
     _, out, _, _, expected, _ = exported
     images = expected["input_64x64"]
@@ -290,9 +291,9 @@ def test_cli_exits_1_with_the_reason_when_validation_fails(tmp_path):
     out = tmp_path / "bad"
     code = (
         "import sys\n"
-        "from exporters import validation\n"
+        "from gsq_deploy.exporters import validation\n"
         "validation.TOLERANCES['fp32'] = validation.Tolerances(max_score_gap=-1.0)  # unmeetable\n"
-        "from exporters.cli import main\n"
+        "from gsq_deploy.exporters.cli import main\n"
         f"sys.argv = ['gsq-export', '--ckpt', {str(FLEXGEN / 'gsq_f8_magvit.pt')!r}, '--out', {str(out)!r},"
         " '--graphs', 'quantizer']\n"
         "main()\n"

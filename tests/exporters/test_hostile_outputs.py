@@ -76,7 +76,7 @@ def test_two_exports_into_one_new_out_cannot_both_succeed(tmp_path):
 
 
 def test_an_export_into_a_locked_out_fails_at_once(tmp_path):
-    from exporters.staging import destination_lock
+    from gsq_deploy.exporters.staging import destination_lock
 
     out = tmp_path / "out"
     with destination_lock(out):  # another export is staging into out right now

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import CONFORMANCE_SIZES, IBQ, IBQ_MODEL, ibq_expected, run_module
 from gsq_core import load_tokenizer
 from gsq_core.fidelity import psnr, score_gaps
-from runtimes import load_runtime
+from gsq_deploy.runtimes import load_runtime
 
 CKPT = IBQ_MODEL.with_suffix(".ckpt")
 IMAGES = IBQ / "ibq_tiny_f4_k1024_images"

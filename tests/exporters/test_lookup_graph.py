@@ -16,15 +16,15 @@ import pytest
 import torch
 from tests.conftest import tiny_gsq_model
 
-from exporters.graphs import lookup_bias
-from exporters.lookup_graph import EXTRA_MAX, WINDOW_MAX, plan_lookup
-from exporters.onnx import export_onnx
-from exporters.onnx_precision import lookup_node_names
+from gsq_deploy.exporters.graphs import lookup_bias
+from gsq_deploy.exporters.lookup_graph import EXTRA_MAX, WINDOW_MAX, plan_lookup
+from gsq_deploy.exporters.onnx import export_onnx
+from gsq_deploy.exporters.onnx_precision import lookup_node_names
 from gsq_core import QuantizerConfig, TokenizerConfig, build_tokenizer, load_tokenizer
 from gsq_core.fidelity import latent_to_vectors, score_gaps
 from gsq_core.model import GSQTokenizer
-from runtimes.artifacts import Artifact
-from runtimes.onnx import OnnxRuntime
+from gsq_deploy.runtimes.artifacts import Artifact
+from gsq_deploy.runtimes.onnx import OnnxRuntime
 
 GROUPS = 4
 # The proven bound is the codebook's radius/bias spread (~2e-7) plus fp32 rounding; validation allows
@@ -178,7 +178,7 @@ def run_quantizer(backend: str, artifact: Path, latent: np.ndarray) -> np.ndarra
     """The quantizer graph through runtimes.onnx, or compiled by OpenVINO as runtimes.openvino compiles."""
     if backend == "onnxruntime":
         return OnnxRuntime(artifact, threads=2).run_graph("quantizer", latent)
-    from runtimes.openvino import compile_graph
+    from gsq_deploy.runtimes.openvino import compile_graph
 
     compiled = compile_graph(artifact / "quantizer.onnx", "CPU", "f32", 2)
     return np.array(compiled({compiled.input(0): latent})[compiled.output(0)])
@@ -315,7 +315,7 @@ def default_tokenize(tmp_path_factory):
 
 
 def test_default_model_tokenize_graph_matches_eager_on_photos(default_tokenize):
-    from exporters.calibration import fit_to_size, sample_photos
+    from gsq_deploy.exporters.calibration import fit_to_size, sample_photos
 
     model, out, manifest = default_tokenize
     assert manifest["lookup"]["method"] == "window" and manifest["validation"]["passed"]
@@ -358,7 +358,7 @@ def test_window_lookup_builds_for_the_largest_preset_codebook():
 def test_every_cell_window_holds_the_nearest_code(dim, kind):
     """Cell by cell (not only the longest window): for vectors at and around cell edges and codes, the
     code nearest in angle (value) lies in the window of the cell the graph's own fp32 key gives."""
-    from exporters.lookup_graph import WindowLookup, _best_grid, _circle_analysis, _line_analysis
+    from gsq_deploy.exporters.lookup_graph import WindowLookup, _best_grid, _circle_analysis, _line_analysis
 
     normalization = "l2" if dim == 2 else "clip"
     model = tiny_model(circle_codebook(kind) if dim == 2 else line_codebook(kind), normalization)
@@ -395,7 +395,7 @@ def test_every_cell_window_holds_the_nearest_code(dim, kind):
 def test_fp16_tokenize_keeps_the_window_lookup_values_fp32(tmp_path):
     """Between two lookup nodes no value is rounded to fp16 (the converter's Cast pairs are removed),
     and the converted graph's tokens on a latent-exact path equal the fp32 graph's."""
-    from exporters.onnx_precision import FLOAT16, convert_fp16
+    from gsq_deploy.exporters.onnx_precision import FLOAT16, convert_fp16
 
     model = tiny_gsq_model()
     export_onnx(model, tmp_path / "fp32", graphs=("tokenize",), validate=False, progress=False)
@@ -431,7 +431,7 @@ def test_fp16_tokenize_keeps_the_window_lookup_values_fp32(tmp_path):
 def test_lookup_region_is_refused_when_its_scope_or_ops_are_missing(default_tokenize):
     """The rule that keeps the lookup fp32 in reduced precisions: the nodes under /quantizer/ must hold
     one lookup form's ops; a renamed scope or a lookup without its reductions is an error, not fp16."""
-    from exporters import ExportError
+    from gsq_deploy.exporters import ExportError
 
     _, out, _ = default_tokenize
     renamed = onnx.load(str(out / "tokenize.onnx"))

@@ -44,8 +44,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.graphs import lookup_bias, lookup_plan
-from exporters.lookup_graph import ANGLE_SLACK, WindowLookup, graph_normalize, plan_lookup
+from gsq_deploy.exporters.graphs import lookup_bias, lookup_plan
+from gsq_deploy.exporters.lookup_graph import ANGLE_SLACK, WindowLookup, graph_normalize, plan_lookup
 from gsq_core.lookup import normalize_vectors
 from tests.exporters.test_lookup_graph import GROUPS, tiny_model
 

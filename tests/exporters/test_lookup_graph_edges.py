@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters.onnx import export_onnx
-from runtimes.onnx import OnnxRuntime
+from gsq_deploy.exporters.onnx import export_onnx
+from gsq_deploy.runtimes.onnx import OnnxRuntime
 from tests.exporters.test_lookup_graph import as_latent
 from tests.exporters.test_lookup_graph_cells import SIZES, check_against_brute_force, planned
 
@@ -30,7 +30,7 @@ def exported(dim: int, size: int, backend: str, root: str) -> Path:
     if backend == "onnxruntime":
         manifest = export_onnx(model, out, graphs=("quantizer",), validate=False, progress=False)
     else:
-        from exporters.openvino import export_openvino
+        from gsq_deploy.exporters.openvino import export_openvino
 
         manifest = export_openvino(model, out, graphs=("quantizer",), validate=False, progress=False)
     assert manifest["lookup"]["method"] == "window" and manifest["lookup"]["cells"] == tables.cells
@@ -40,7 +40,7 @@ def exported(dim: int, size: int, backend: str, root: str) -> Path:
 def run_quantizer(backend: str, artifact: Path, latent):
     if backend == "onnxruntime":
         return OnnxRuntime(artifact, threads=2).run_graph("quantizer", latent)
-    from runtimes.openvino import OpenVinoRuntime
+    from gsq_deploy.runtimes.openvino import OpenVinoRuntime
 
     return OpenVinoRuntime(artifact, threads=2).run_graph("quantizer", latent)
 

@@ -15,14 +15,14 @@ import pytest
 from tests.conftest import FLEXGEN, assert_one_line_error, expected_vectors, run_module
 from tests.targets_support import eager, fp32_onnx, reduced_onnx
 
-from exporters import ExportError
-from exporters.build import ExportOptions, check_target, convert, export
-from exporters.onnx_precision import codebook_gather_names, lookup_node_names
-from exporters.precision import PrecisionPlan
-from exporters.validation import TOLERANCES
+from gsq_deploy.exporters import ExportError
+from gsq_deploy.exporters.build import ExportOptions, check_target, convert, export
+from gsq_deploy.exporters.onnx_precision import codebook_gather_names, lookup_node_names
+from gsq_deploy.exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.validation import TOLERANCES
 from gsq_core.fidelity import psnr, score_gaps
-from runtimes import load_runtime
-from runtimes.artifacts import ArtifactError, load_artifact
+from gsq_deploy.runtimes import load_runtime
+from gsq_deploy.runtimes.artifacts import ArtifactError, load_artifact
 
 MODEL = "gsq_f8_magvit"
 MIXED = "encoder=fp32,decoder=int8"
@@ -51,7 +51,7 @@ def test_cli_refuses_bad_per_graph_precision_in_one_line(tmp_path, args, message
 def test_a_precision_a_target_does_not_declare_is_refused_before_any_work():
     with pytest.raises(ExportError, match=r"bf16 \(the encoder\) is not available for --target onnx"):
         check_target("onnx", ExportOptions(precision=PrecisionPlan.parse("encoder=bf16")))
-    from exporters.triton import TritonOptions
+    from gsq_deploy.exporters.triton import TritonOptions
 
     triton = ExportOptions(precision=PrecisionPlan.parse("decoder=bf16"), target_options=(TritonOptions(),))
     with pytest.raises(ExportError, match=r"bf16 \(the decoder\) is not available for --target triton"):
@@ -139,7 +139,7 @@ def test_fp16_parts_keep_the_lookup_and_the_codebook_gather_fp32(precision, tmp_
 
 # -- Triton and TensorRT carry the per-graph precision -----------------------------------------------
 def test_triton_repository_serves_the_mixed_graphs_with_their_precisions(tmp_path):
-    from exporters.triton import make_repository
+    from gsq_deploy.exporters.triton import make_repository
 
     manifest = make_repository(reduced_onnx(MODEL, MIXED), tmp_path / "triton", progress=False)
     assert manifest["precision"] == MIXED and manifest["precisions"]["decoder"] == "int8"
@@ -155,8 +155,8 @@ def test_triton_repository_serves_the_mixed_graphs_with_their_precisions(tmp_pat
 def test_tensorrt_builds_each_engine_at_its_graphs_precision_from_the_right_source(tmp_path, monkeypatch):
     """No TensorRT here: the build step runs with the engine build stubbed, so what is checked is
     which ONNX source each part comes from and which precision each engine is asked for."""
-    import exporters.tensorrt as tensorrt_target
-    from exporters.build import SourceArtifact, _build
+    import gsq_deploy.exporters.tensorrt as tensorrt_target
+    from gsq_deploy.exporters.build import SourceArtifact, _build
 
     options = ExportOptions(precision=PrecisionPlan.parse("encoder=fp16,decoder=int8"), validate=False, progress=False)
     assert str(tensorrt_target._source(options).precision) == MIXED  # fp16 from fp32 graphs, int8 from QDQ graphs
@@ -185,7 +185,7 @@ def test_tensorrt_builds_each_engine_at_its_graphs_precision_from_the_right_sour
 
 # -- OpenVINO: the bf16 hint per graph ------------------------------------------------------------------
 def _hint(compiled) -> str:
-    from runtimes.openvino import import_openvino
+    from gsq_deploy.runtimes.openvino import import_openvino
 
     openvino = import_openvino()
     value = compiled.get_property("INFERENCE_PRECISION_HINT")

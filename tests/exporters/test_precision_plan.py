@@ -9,9 +9,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from exporters import GRAPH_NAMES, ExportError
-from exporters.build import record_precisions
-from exporters.precision import PRECISIONS, PrecisionPlan
+from gsq_deploy.exporters import GRAPH_NAMES, ExportError
+from gsq_deploy.exporters.build import record_precisions
+from gsq_deploy.exporters.precision import PRECISIONS, PrecisionPlan
 
 ALL_PLANS = [PrecisionPlan(encoder, decoder) for encoder, decoder in itertools.product(PRECISIONS, repeat=2)]
 
@@ -146,7 +146,7 @@ def test_gsq_export_parses_the_precision_once(tmp_path, monkeypatch):
     through the runtime) runs on the plan the CLI parsed; a second parse anywhere fails this."""
     from tests.conftest import tiny_gsq_model
 
-    from exporters.cli import export_command
+    from gsq_deploy.exporters.cli import export_command
     from gsq_core.checkpoint import save_native
 
     checkpoint = save_native(tiny_gsq_model(), tmp_path / "tiny.safetensors")

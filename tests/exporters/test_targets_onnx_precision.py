@@ -13,14 +13,14 @@ from tests.conftest import FLEXGEN, assert_one_line_error, expected_vectors, run
 from onnx import numpy_helper
 from tests.targets_support import FP16, eager, fp32_onnx, needs_fp16, reduced_onnx
 
-from exporters import ExportError
-from exporters.build import ExportOptions, convert
-from exporters.graphs import ShapePlan, graph_specs
-from exporters.onnx_precision import lookup_node_names
-from exporters.precision import PrecisionPlan
-from exporters.validation import validate_graphs
+from gsq_deploy.exporters import ExportError
+from gsq_deploy.exporters.build import ExportOptions, convert
+from gsq_deploy.exporters.graphs import ShapePlan, graph_specs
+from gsq_deploy.exporters.onnx_precision import lookup_node_names
+from gsq_deploy.exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.validation import validate_graphs
 from gsq_core.fidelity import score_gaps
-from runtimes.onnx import OnnxRuntime
+from gsq_deploy.runtimes.onnx import OnnxRuntime
 
 MODEL = "gsq_f8_magvit"
 FP16_PLAN = PrecisionPlan.uniform("fp16")

@@ -19,12 +19,12 @@ from tests.conftest import (
 )
 from tests.targets_support import eager, fp32_onnx, reduced_onnx
 
-from exporters.build import ExportOptions, convert
-from exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.build import ExportOptions, convert
+from gsq_deploy.exporters.precision import PrecisionPlan
 from gsq_core.fidelity import score_gaps
-from runtimes import load_runtime
-from runtimes.artifacts import ArtifactError
-from runtimes.openvino import OpenVinoRuntime
+from gsq_deploy.runtimes import load_runtime
+from gsq_deploy.runtimes.artifacts import ArtifactError
+from gsq_deploy.runtimes.openvino import OpenVinoRuntime
 
 needs_openvino = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None,
@@ -140,7 +140,7 @@ def test_without_openvino_export_and_runtime_refuse_in_one_line(tmp_path):
     block = "import sys; sys.modules['openvino'] = None; "
     image = str(FLEXGEN / "gsq_f8_magvit_images" / "64x64_0.png")
     runs = {
-        "exporters.cli": [
+        "gsq_deploy.exporters.cli": [
             "--ckpt",
             str(FLEXGEN / "gsq_f8_magvit.pt"),
             "--target",
@@ -148,7 +148,7 @@ def test_without_openvino_export_and_runtime_refuse_in_one_line(tmp_path):
             "--out",
             str(tmp_path / "ov"),
         ],
-        "runtimes.openvino": ["encode", "--model", str(fp32_onnx(CONFORMANCE_MODELS[0])), "--output", "t.npz", image],
+        "gsq_deploy.runtimes.openvino": ["encode", "--model", str(fp32_onnx(CONFORMANCE_MODELS[0])), "--output", "t.npz", image],
     }
     for module, args in runs.items():
         code = block + f"sys.argv = ['prog'] + {args!r}; from {module} import main; main()"
@@ -172,10 +172,10 @@ def test_an_openvino_export_and_run_fork_nothing_with_telemetry_on(tmp_path):
         "os.register_at_fork(before=lambda: forks.append(threading.current_thread().name))\n"
         f"sys.argv = ['gsq-export', '--ckpt', {str(FLEXGEN / (CONFORMANCE_MODELS[0] + '.pt'))!r}, '--target', "
         f"'openvino', '--graphs', 'tokenize', '--out', {str(out)!r}]\n"
-        "from exporters.cli import main\n"
+        "from gsq_deploy.exporters.cli import main\n"
         "main()\n"
         "from gsq_core.images import read_image\n"
-        "from runtimes import load_runtime\n"
+        "from gsq_deploy.runtimes import load_runtime\n"
         f"load_runtime('openvino', {str(out)!r}).encode(read_image({str(image)!r}).pixels[None])\n"
         "telemetry = sorted(name for name, module in sys.modules.items() if name.startswith('openvino_telemetry') and module)\n"
         "print(json.dumps({'forks': forks, 'telemetry': telemetry}))\n"

@@ -21,13 +21,13 @@ from tests.conftest import (
 from onnx import TensorProto, helper
 from tests.targets_support import FP16, FP32_GRAPHS, eager, fp32_onnx, reduced_onnx
 
-from exporters import ExportError
-from exporters.tensorrt import ProfileShapes, input_shapes
-from exporters.tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
+from gsq_deploy.exporters import ExportError
+from gsq_deploy.exporters.tensorrt import ProfileShapes, input_shapes
+from gsq_deploy.exporters.tensorrt_compat import prepare_for_tensorrt, tensorrt_problems
 from gsq_core.fidelity import score_gaps
-from runtimes import load_runtime
-from runtimes.artifacts import ArtifactError, BackendUnavailableError
-from runtimes.trt import check_engine_compatibility, missing_requirements
+from gsq_deploy.runtimes import load_runtime
+from gsq_deploy.runtimes.artifacts import ArtifactError, BackendUnavailableError
+from gsq_deploy.runtimes.trt import check_engine_compatibility, missing_requirements
 
 MISSING = missing_requirements()
 needs_tensorrt = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "TensorRT available")
@@ -163,9 +163,9 @@ def test_trt_runtime_and_gpu_providers_refuse_in_one_line(tmp_path):
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engines_pick_optimal_codes_on_the_conformance_vectors(precision, tmp_path):
-    from exporters.build import ExportOptions, convert
-    from exporters.precision import PrecisionPlan
-    from exporters.tensorrt import TensorRTOptions
+    from gsq_deploy.exporters.build import ExportOptions, convert
+    from gsq_deploy.exporters.precision import PrecisionPlan
+    from gsq_deploy.exporters.tensorrt import TensorRTOptions
 
     name = CONFORMANCE_MODELS[0]
     out = tmp_path / f"trt-{precision}"
@@ -204,7 +204,7 @@ def test_trt_runtime_splits_batches_to_fit_the_profile():
     from types import SimpleNamespace
 
     from gsq_core.errors import InputError
-    from runtimes.trt import TrtRuntime
+    from gsq_deploy.runtimes.trt import TrtRuntime
 
     runtime = TrtRuntime.__new__(TrtRuntime)  # the chunking alone: no engine, no GPU
     profile = {"min": [2, 3, 64, 64], "max": [4, 3, 128, 128]}
@@ -289,7 +289,7 @@ def lookup_network() -> FakeNetwork:
 def test_lookup_pins_run_as_polygraphy_network_postprocessing():
     from polygraphy.backend.trt import PostprocessNetwork
 
-    from exporters.tensorrt import LookupPins
+    from gsq_deploy.exporters.tensorrt import LookupPins
 
     network = lookup_network()
     pins = LookupPins(FAKE_TRT, ["/quantizer/lookup/MatMul", "/quantizer/lookup/ArgMax"])
@@ -309,7 +309,7 @@ def test_lookup_pins_run_as_polygraphy_network_postprocessing():
 def test_engine_loader_wires_profile_precision_workspace_and_timing_cache(tmp_path):
     from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessNetwork
 
-    from exporters.tensorrt import EnginePlan, TensorRTOptions, engine_loader
+    from gsq_deploy.exporters.tensorrt import EnginePlan, TensorRTOptions, engine_loader
 
     cache = tmp_path / "timing.cache"
     shapes = {"min": [1, 3, 16, 16], "opt": [2, 3, 64, 64], "max": [4, 3, 128, 128]}
@@ -334,13 +334,13 @@ def test_engine_loader_wires_profile_precision_workspace_and_timing_cache(tmp_pa
 
 
 def test_trt_runtime_needs_no_torch():
-    code = "import sys, runtimes.trt as t; t.missing_requirements(); assert 'torch' not in sys.modules"
+    code = "import sys, gsq_deploy.runtimes.trt as t; t.missing_requirements(); assert 'torch' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
 def test_trt_runtime_feeds_int32_ids_and_copies_polygraphy_outputs():
-    from runtimes.trt import TrtRuntime
+    from gsq_deploy.runtimes.trt import TrtRuntime
 
     class FakeRunner:  # Polygraphy's TrtRunner.infer: numpy in, host buffers out (reused between calls)
         def __init__(self):

@@ -9,9 +9,9 @@ import pytest
 from tests.conftest import CONFORMANCE_MODELS
 from tests.targets_support import fp32_onnx
 
-from exporters import ExportError
-from exporters.triton import make_repository, model_config, parse_pbtxt, repository_problems
-from runtimes.artifacts import load_artifact
+from gsq_deploy.exporters import ExportError
+from gsq_deploy.exporters.triton import make_repository, model_config, parse_pbtxt, repository_problems
+from gsq_deploy.runtimes.artifacts import load_artifact
 
 MODEL = CONFORMANCE_MODELS[0]
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from tests.conftest import FLEXGEN, expected_vectors
 
-from exporters import ExportError
-from exporters.graphs import ShapePlan, graph_specs
-from exporters.precision import PrecisionPlan
-from exporters.validation import summary_line, validate_graphs
+from gsq_deploy.exporters import ExportError
+from gsq_deploy.exporters.graphs import ShapePlan, graph_specs
+from gsq_deploy.exporters.precision import PrecisionPlan
+from gsq_deploy.exporters.validation import summary_line, validate_graphs
 from gsq_core import load_tokenizer
 
 
@@ -257,8 +257,8 @@ def test_unknown_overrides_and_silent_errors_are_named(model, specs, images):
     ],
 )
 def test_each_threshold_flag_sets_its_tolerance_on_reduced_graphs_only(parameter, value, field):
-    from exporters.target_options import export_options
-    from exporters.validation import OVERRIDABLE, TOLERANCES, tolerances_for
+    from gsq_deploy.exporters.target_options import export_options
+    from gsq_deploy.exporters.validation import OVERRIDABLE, TOLERANCES, tolerances_for
 
     assert OVERRIDABLE == ("min_token_agreement", "max_latent_relative_error", "min_recon_psnr_db", "max_input_psnr_drop_db")
     options = export_options("onnx", {"precision": "decoder=int8", parameter: value})

@@ -43,7 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory, model):
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("hostile-images") / "default-onnx"
     export_onnx(model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
@@ -216,7 +216,7 @@ def test_bytes_entry_point_matches_the_file_reader(tmp_path):
 
 # -- the range contract of encode ----------------------------------------------------------------------------
 def test_encode_refuses_0_255_floats_with_the_fix(model, onnx_dir):
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     pixels = photo().transpose(2, 0, 1)[None].astype(np.float32)  # 0..255, the classic mistake
     runtimes = [load_runtime("torch", "default"), load_runtime("onnx", onnx_dir)]
@@ -236,7 +236,7 @@ def test_encode_refuses_0_255_floats_with_the_fix(model, onnx_dir):
     ],
 )
 def test_encode_refuses_other_out_of_range_values(model, onnx_dir, make, message):
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     pixels = make(uint8_to_float(photo())[None]).astype(np.float32)
     with pytest.raises(InputError, match=message):

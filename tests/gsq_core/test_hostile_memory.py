@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory, model):
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("hostile-memory") / "default-onnx"
     export_onnx(model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
@@ -55,7 +55,7 @@ def test_resize_is_the_way_out_within_4_gb(tmp_path, onnx_dir, huge_png):
 
 
 def test_decode_of_a_huge_grid_is_refused_before_allocating(model, onnx_dir):
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     codes = np.zeros((1, 1024, 1024, model.num_group), np.int64)  # an 8192 x 8192 image
     for decode in (lambda: model.decode(torch.from_numpy(codes)), lambda: load_runtime("onnx", onnx_dir).decode(codes)):
@@ -76,7 +76,7 @@ def test_eager_api_refuses_a_huge_image_and_chunks_big_batches(model, monkeypatc
 
 
 def test_runtime_chunks_within_the_budget_with_identical_tokens(model, onnx_dir, monkeypatch):
-    from runtimes import load_runtime
+    from gsq_deploy.runtimes import load_runtime
 
     runtime = load_runtime("onnx", onnx_dir)
     images = (torch.rand(3, 3, 32, 32) * 2 - 1).numpy()

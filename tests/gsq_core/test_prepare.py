@@ -73,9 +73,9 @@ def test_sample_photos_are_uint8_rgb():
 
 def test_training_validation_and_export_calibration_use_the_tokenizers_crop(tmp_path):
     """One crop: what training validates on, what export validation feeds, what gsq-tokenize tokenizes."""
-    from exporters.calibration import fit_to_size
+    from gsq_deploy.exporters.calibration import fit_to_size
     from gsq_dataset.preprocess import model_input, preprocess_file
-    from train.validation import load_validation_images
+    from gsq_deploy.train.validation import load_validation_images
 
     paths = []
     for name, (height, width) in {"wide.png": (300, 451), "small.png": (50, 70)}.items():

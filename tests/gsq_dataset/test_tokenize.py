@@ -312,7 +312,7 @@ def write_shard(path: Path, samples: list[tuple[str, bytes, str, int | None]]) -
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory) -> Path:
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "default-onnx"
     export_onnx(load_tokenizer("default"), out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
@@ -582,7 +582,7 @@ def test_gpu_plans_configure_the_actor_pool_with_one_gpu_per_actor():
     """What Ray is asked for, without a GPU: the tokenizer stage's actor pool on a 2 x 4-GPU cluster."""
     from gsq_dataset.resources import NodeResources, plan_workers
     from gsq_dataset.stages import actor_pool_args
-    from runtimes import runtime_class
+    from gsq_deploy.runtimes import runtime_class
 
     nodes = [NodeResources(cpus=32, gpus=4), NodeResources(cpus=32, gpus=4)]
     onnx_runtime = runtime_class("onnx")

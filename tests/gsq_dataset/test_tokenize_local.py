@@ -130,8 +130,8 @@ def test_local_run_reports_every_stage_and_its_bound_in_summary_and_manifest(our
 def test_onnx_runs_two_tokenizer_calls_at_once_with_every_id_once_and_the_runtimes_tokens(photos, tiny_model, tmp_path):
     """ONNX Runtime declares concurrent calls: on 2+ cores the local executor keeps two single-thread
     encode calls in flight; every id lands once, with the tokens the same runtime gives each batch."""
-    from exporters.onnx import export_onnx
-    from runtimes import load_runtime
+    from gsq_deploy.exporters.onnx import export_onnx
+    from gsq_deploy.runtimes import load_runtime
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("two tokenizer calls at once need 2+ cores")

@@ -20,7 +20,7 @@ from gsq_dataset.output import OutputError, OutputFolder  # noqa: E402
 from gsq_dataset.preprocess import adm_center_crop, model_input, parse_size, preprocess_bytes, preprocess_image  # noqa: E402
 from gsq_dataset.resources import NodeResources, plan_workers, runtime_options  # noqa: E402
 from gsq_dataset.tokens import read_tokens, token_dtype, token_schema  # noqa: E402
-from runtimes import runtime_class  # noqa: E402
+from gsq_deploy.runtimes import runtime_class  # noqa: E402
 
 
 def gradient(height: int, width: int) -> Image.Image:

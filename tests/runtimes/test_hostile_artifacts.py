@@ -15,10 +15,10 @@ import pytest
 from tests.hostile_support import assert_one_line_error, files_under, run_cli
 
 from gsq_core import InputError, load_tokenizer
-from runtimes import artifacts as artifacts_module
-from runtimes import load_runtime
-from runtimes.artifacts import ArtifactError, file_sha256, load_artifact
-from runtimes.token_file import read_token_file
+from gsq_deploy.runtimes import artifacts as artifacts_module
+from gsq_deploy.runtimes import load_runtime
+from gsq_deploy.runtimes.artifacts import ArtifactError, file_sha256, load_artifact
+from gsq_deploy.runtimes.token_file import read_token_file
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, model):
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("hostile-artifacts") / "default-onnx"
     export_onnx(model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
@@ -299,7 +299,7 @@ def test_compare_refuses_an_artifact_of_another_checkpoint(tmp_path):
     from tests.conftest import FLEXGEN
     from PIL import Image
 
-    from exporters.onnx import export_onnx
+    from gsq_deploy.exporters.onnx import export_onnx
 
     other = tmp_path / "artifacts" / "onnx-fp32"
     export_onnx(load_tokenizer(FLEXGEN / "gsq_f8_magvit.pt"), other, graphs=("tokenize", "detokenize"),
@@ -313,7 +313,7 @@ def test_compare_refuses_an_artifact_of_another_checkpoint(tmp_path):
 
 
 def test_a_conversion_reads_its_source_artifact_like_a_runtime(artifact, tmp_path, hashed):
-    from exporters.build import convert
+    from gsq_deploy.exporters.build import convert
 
     folder, manifest = artifact
     outside = move_graph_outside(folder, manifest, "../../outside/tokenize.onnx")

@@ -16,9 +16,9 @@ import pytest
 
 from gsq_core.budgets import batch_limit
 from gsq_core.errors import InputError
-from runtimes.artifacts import Artifact, ArtifactError, file_sha256
-from runtimes.info import ModelInfo
-from runtimes.base import (
+from gsq_deploy.runtimes.artifacts import Artifact, ArtifactError, file_sha256
+from gsq_deploy.runtimes.info import ModelInfo
+from gsq_deploy.runtimes.base import (
     ArtifactRuntime,
     check_artifact_codes,
     check_artifact_images,

@@ -17,10 +17,10 @@ import pytest
 from tests.conftest import FLEXGEN, REPO, assert_one_line_error, expected_vectors, run_module
 from PIL import Image
 
-from exporters.onnx import export_onnx
+from gsq_deploy.exporters.onnx import export_onnx
 from gsq_core import load_tokenizer
-from runtimes import load_runtime
-from runtimes.artifacts import ArtifactError, BackendUnavailableError
+from gsq_deploy.runtimes import load_runtime
+from gsq_deploy.runtimes.artifacts import ArtifactError, BackendUnavailableError
 
 IMAGES = FLEXGEN / "gsq_f8_magvit_images"
 

@@ -31,7 +31,7 @@ from gsq_core.errors import InputError
 from gsq_core.fidelity import psnr, score_gaps
 from gsq_core.images import uint8_to_float
 from gsq_core.prepare import sample_photo
-from runtimes import BACKENDS, ModelInfo, describe, load_runtime
+from gsq_deploy.runtimes import BACKENDS, ModelInfo, describe, load_runtime
 
 CHECKPOINT = FLEXGEN / "gsq_f8_magvit.pt"
 GRAPHS = ("encoder", "tokenize", "detokenize")
@@ -45,7 +45,7 @@ def skip_reason(backend: str) -> str | None:
     if backend == "openvino" and importlib.util.find_spec("openvino") is None:
         return "openvino is not installed (pip install 'gsq-deploy[openvino]')"
     if backend == "trt":
-        from runtimes.trt import missing_requirements
+        from gsq_deploy.runtimes.trt import missing_requirements
 
         missing = missing_requirements()
         if missing:
@@ -76,7 +76,7 @@ def backend(request, model, tmp_path_factory):
         pytest.skip(reason)
     if name == "torch":
         return name, CHECKPOINT
-    from exporters.build import ExportOptions, export
+    from gsq_deploy.exporters.build import ExportOptions, export
 
     out: Path = tmp_path_factory.mktemp(f"conformance-{name}") / "magvit"
     export(model, out, name, ExportOptions(graphs=GRAPHS, validate=False, progress=False))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from tests.conftest import tiny_gsq_model
 
-from exporters.onnx import export_onnx
+from gsq_deploy.exporters.onnx import export_onnx
 from gsq_core.errors import InputError
 from gsq_core.images import float_to_uint8
-from runtimes.onnx import SESSION_CONFIG, OnnxRuntime
+from gsq_deploy.runtimes.onnx import SESSION_CONFIG, OnnxRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
@@ -77,8 +77,8 @@ def test_onnx_sessions_share_one_arena_and_give_the_same_outputs(onnx_dir):
 
 @needs_openvino
 def test_openvino_compiles_for_latency_unless_told_otherwise(model, tmp_path):
-    from exporters.openvino import export_openvino
-    from runtimes.openvino import OpenVinoRuntime
+    from gsq_deploy.exporters.openvino import export_openvino
+    from gsq_deploy.runtimes.openvino import OpenVinoRuntime
 
     export_openvino(model, tmp_path / "ov", graphs=("tokenize",), validate=False, progress=False)
     default = OpenVinoRuntime(tmp_path / "ov", threads=1).compiled("tokenize")

@@ -9,7 +9,7 @@ import torch
 from gsq_core.fidelity import score_gaps
 from gsq_core.images import uint8_to_float
 from gsq_core.prepare import sample_photo
-from runtimes.torch import TorchRuntime
+from gsq_deploy.runtimes.torch import TorchRuntime
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 

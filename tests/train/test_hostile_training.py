@@ -14,8 +14,8 @@ from tests.hostile_support import REPO, assert_one_line_error, photo, run_cli, s
 from tests.train_support import tiny_accelerated_run, train_in_process
 
 from gsq_core import CheckpointError
-from train import checkpointing
-from train.main import load_checkpoint, save_checkpoint
+from gsq_deploy.train import checkpointing
+from gsq_deploy.train.main import load_checkpoint, save_checkpoint
 
 SMOKE = REPO / "train" / "configs" / "smoke.yaml"
 

@@ -26,7 +26,7 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_configs_build_ibq_models():
-    from train.config import load_config
+    from gsq_deploy.train.config import load_config
 
     smoke = load_config(IBQ_SMOKE).tokenizer_config()
     assert smoke.family == "ibq" and smoke.quantizer.quantize_type == "ibq" and smoke.downsample_factor == 4

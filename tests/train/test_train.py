@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from gsq_core.errors import CheckpointError, ConfigError
-from train.main import load_checkpoint, save_checkpoint
+from gsq_deploy.train.main import load_checkpoint, save_checkpoint
 from tests.train_support import fresh_accelerate_state, tiny_accelerated_run, train_in_process
 
 ROOT = Path(__file__).parents[2]
@@ -133,7 +133,7 @@ def test_single_process_run_on_tar_shards_holds_out_the_last_shard(tmp_path, cap
 def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_another_model(image_folder, tmp_path, capsys):
     from gsq_core import load_tokenizer
     from gsq_core.model import GSQTokenizer
-    from train.config import load_config
+    from gsq_deploy.train.config import load_config
 
     torch.manual_seed(123)  # not the run's seed: equal weights afterwards mean they were loaded
     trained = GSQTokenizer(load_config(SMOKE).tokenizer_config())
@@ -155,7 +155,7 @@ def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_another_mod
 
 # -- config -------------------------------------------------------------------------------------
 def test_overrides_are_typed_and_unknown_keys_rejected():
-    from train.config import load_config
+    from gsq_deploy.train.config import load_config
 
     config = load_config(SMOKE, ["optim.lr=2e-4", "data.batch_size=3", "model.quantizer.num_group=2"])
     assert config.optim.lr == pytest.approx(2e-4) and isinstance(config.optim.lr, float)
@@ -169,8 +169,8 @@ def test_overrides_are_typed_and_unknown_keys_rejected():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    from train.config import load_config
-    from train.main import lr_factor
+    from gsq_deploy.train.config import load_config
+    from gsq_deploy.train.main import lr_factor
 
     config = load_config(SMOKE, ["optim.max_steps=100", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1"])
     assert lr_factor(0, config) == pytest.approx(0.1)
@@ -189,7 +189,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 # -- data ---------------------------------------------------------------------------------------
 def test_folder_stream_is_deterministic_resumable_and_skips_unreadable(image_folder):
-    from train.data import CropSpec, FolderStream, list_images
+    from gsq_deploy.train.data import CropSpec, FolderStream, list_images
 
     files = list_images(image_folder)
     assert len(files) == 7
@@ -207,7 +207,7 @@ def test_folder_stream_is_deterministic_resumable_and_skips_unreadable(image_fol
 
 
 def test_validation_split_is_stable_and_disjoint(image_folder):
-    from train.data import list_images, split_validation
+    from gsq_deploy.train.data import list_images, split_validation
 
     files = list_images(image_folder)
     train, validation = split_validation(files, image_folder, 0.3, 16)
@@ -238,7 +238,7 @@ def _write_shards(folder: Path, count: int, per_shard: int, corrupt: bool = Fals
 
 
 def test_shard_stream_reads_tars_and_resumes_exactly(tmp_path):
-    from train.data import CropSpec, ShardStream, list_shards
+    from gsq_deploy.train.data import CropSpec, ShardStream, list_shards
 
     shards = _write_shards(tmp_path / "shards", 2, 5)
     assert list_shards(tmp_path / "shards") == shards
@@ -252,7 +252,7 @@ def test_shard_stream_reads_tars_and_resumes_exactly(tmp_path):
 
 
 def test_shard_stream_skips_corrupt_samples_and_shards(tmp_path):
-    from train.data import CropSpec, ShardStream
+    from gsq_deploy.train.data import CropSpec, ShardStream
 
     shards = _write_shards(tmp_path / "shards", 2, 3, corrupt=True)
     (tmp_path / "shards" / "shard-99999.tar").write_bytes(b"truncated tar")
@@ -264,7 +264,7 @@ def test_shard_stream_skips_corrupt_samples_and_shards(tmp_path):
 
 
 def test_shard_stream_splits_shards_between_processes(tmp_path):
-    from train.data import CropSpec, ShardStream
+    from gsq_deploy.train.data import CropSpec, ShardStream
 
     shards = _write_shards(tmp_path / "shards", 2, 3)
     crop = CropSpec(32, hflip=False)
@@ -275,7 +275,7 @@ def test_shard_stream_splits_shards_between_processes(tmp_path):
 
 # -- checkpoints --------------------------------------------------------------------------------
 def test_killed_checkpoint_write_leaves_the_previous_latest(tmp_path):
-    from train import checkpointing
+    from gsq_deploy.train import checkpointing
 
     accelerator, model, _ = tiny_accelerated_run()
     for step in (2, 4):
@@ -383,7 +383,7 @@ def test_grad_scaler_state_is_saved_and_restored(tmp_path):
     """fp16 training's loss scale survives a resume: accelerate's save_state writes accelerator.scaler
     (scaler.pt, listed in the manifest) and load_state restores it. accelerate builds its GradScaler
     only for fp16 on a GPU; without one the accelerator is given torch's CPU GradScaler, the same class."""
-    from train import checkpointing
+    from gsq_deploy.train import checkpointing
 
     def accelerator_with_scaler():
         if torch.cuda.is_available():
@@ -412,9 +412,9 @@ def test_grad_scaler_state_is_saved_and_restored(tmp_path):
 
 # -- losses and modules -------------------------------------------------------------------------
 def test_discriminator_losses_and_ema():
-    from train.discriminator import PatchDiscriminator
-    from train.ema import make_ema
-    from train.losses import discriminator_loss, generator_adversarial_loss
+    from gsq_deploy.train.discriminator import PatchDiscriminator
+    from gsq_deploy.train.ema import make_ema
+    from gsq_deploy.train.losses import discriminator_loss, generator_adversarial_loss
 
     disc = PatchDiscriminator(3, 8, 2)
     logits = disc(torch.zeros(2, 3, 32, 32))
@@ -435,7 +435,7 @@ def test_discriminator_losses_and_ema():
 def test_ema_is_a_weighted_average_with_a_warm_up_ramp():
     """average = d * average + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n)) at update n, starting
     from the initial weights, written out by hand: a copy, a plain mean or a missing ramp give other numbers."""
-    from train.ema import make_ema
+    from gsq_deploy.train.ema import make_ema
 
     module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     initial = module[0].weight.detach().clone()
@@ -458,7 +458,7 @@ def test_ema_is_a_weighted_average_with_a_warm_up_ramp():
 
 
 def test_lpips_loads_local_weights_and_refuses_missing_files(tmp_path):
-    from train.perceptual import LPIPS, LPIPS_WIDTHS
+    from gsq_deploy.train.perceptual import LPIPS, LPIPS_WIDTHS
 
     reference = LPIPS()
     vgg = {f"features.{k}": v for k, v in reference.features.state_dict().items()}
@@ -478,7 +478,7 @@ def test_default_model_reconstructs_held_out_photos_as_its_card_says():
     from gsq_core.fidelity import psnr
     from gsq_core.images import uint8_to_float
     from gsq_core.prepare import adm_center_crop, sample_photo
-    from train.skimage_photos import HELD_OUT, training_names
+    from gsq_deploy.train.skimage_photos import HELD_OUT, training_names
 
     assert not set(HELD_OUT) & set(training_names(other_packages=True))
     model = load_tokenizer("default")
