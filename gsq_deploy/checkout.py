@@ -38,7 +38,12 @@ class CheckoutAliases(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader)
         name = self.real_name(fullname)
         if name is None:
             return None
-        module = self.real_module(name)
+        try:
+            module = self.real_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:  # no such module: find_spec's answer is None, as for any other name
+                return None
+            raise
         # origin: the file, as `python -m gsq_deploy.train.main` puts it into sys.argv[0]
         return importlib.machinery.ModuleSpec(
             fullname, self, origin=getattr(module, "__file__", None), is_package=hasattr(module, "__path__")

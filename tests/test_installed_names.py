@@ -9,6 +9,8 @@ In a checkout, gsq_deploy.runtimes is the top-level runtimes package itself (gsq
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -166,6 +168,9 @@ def test_in_a_checkout_gsq_deploy_names_are_the_top_level_folders():
     # mutmut names a mutant after its file's path: the module's own name must be that path
     assert runtimes.onnx.OnnxRuntime.__module__ == "runtimes.onnx"
     assert Path(runtimes.onnx.__file__) == REPO / "runtimes" / "onnx.py"
+    assert importlib.util.find_spec("gsq_deploy.runtimes.no_such_backend") is None
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("gsq_deploy.runtimes.no_such_backend")
 
 
 def checkout_python(cwd: Path, code: str) -> subprocess.CompletedProcess:
