@@ -103,6 +103,12 @@ def test_commands_that_need_torch_say_so_in_one_line(tmp_path):
     assert_one_line_error(result, "benchmarks/compare.py needs torch", "pip install 'gsq-deploy[bench]'")
 
 
+def test_gsq_train_without_accelerate_or_torch_says_so_in_one_line():
+    result = run_without_torch("gsq_deploy.train.launch", "train/main.py", "--config", "train/configs/smoke.yaml")
+    assert_one_line_error(result, "gsq-train needs torch", "pip install 'gsq-deploy[train]'")
+    assert result.returncode == 2
+
+
 def test_gsq_export_help_works_without_torch():
     result = run_without_torch("exporters", "--help")
     assert result.returncode == 0, result.stderr

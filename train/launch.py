@@ -16,10 +16,16 @@ import logging
 import subprocess
 import sys
 
+from gsq_core.extras import missing_package_message
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse accelerate launch's arguments, launch, and return the script's exit status."""
-    from accelerate.commands.launch import launch_command, launch_command_parser
+    try:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+    except ImportError as missing:  # accelerate, or the torch it imports: one line naming the extra
+        print(f"error: {missing_package_message(missing.name or 'accelerate', 'train', 'gsq-train')}", file=sys.stderr)
+        return 2
 
     args = launch_command_parser().parse_args(argv)
     # torch.distributed's agent logs every worker failure with a stack-like report; the workers'
