@@ -498,6 +498,14 @@ FAULTS: tuple[Fault, ...] = (
         ("tests/gsq_dataset/test_tokenize_resume.py",),
     ),
     Fault(
+        "resume-temporaries-left",
+        "a manifest or failed-list write killed before its rename leaves its hidden .tmp file in DST for good",
+        "gsq_dataset/output.py",
+        "        self._remove_temporaries()\n",
+        "",
+        ("tests/gsq_dataset/test_tokenize_resume.py",),
+    ),
+    Fault(
         "resume-footer-not-checked",
         "a staged shard whose footer does not read back (a writer killed mid-file) is committed as it is",
         "gsq_dataset/output.py",
@@ -593,6 +601,22 @@ FAULTS: tuple[Fault, ...] = (
         "record_failures(self.failed_dir, encoded.failed_ids, encoded.failed_reasons)",
         "pass",
         ("tests/gsq_dataset/test_tokenize_stages.py",),
+    ),
+    Fault(
+        "local-decode-failures-not-recorded",
+        "the local executor drops undecodable samples without recording them (lost, never retried or listed)",
+        "gsq_dataset/local.py",
+        "record_failures(failed_dir, prepared.failed_ids, prepared.failed_reasons)",
+        "pass",
+        ("tests/gsq_dataset/test_tokenize_local.py::test_local_run_every_id_once_with_labels_failures_and_eager_tokens",),
+    ),
+    Fault(
+        "local-tokenizer-failures-not-recorded",
+        "the local executor drops samples its runtime refuses without recording them",
+        "gsq_dataset/local.py",
+        "record_failures(failed_dir, encoded.failed_ids, encoded.failed_reasons)",
+        "pass",
+        ("tests/gsq_dataset/test_tokenize_local.py::test_a_sample_the_local_runtime_refuses_is_listed_failed_and_the_rest_tokenized",),
     ),
     Fault(
         "stages-rows-misaligned",

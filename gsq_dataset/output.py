@@ -119,8 +119,16 @@ class OutputFolder:
         except OSError as error:
             raise OutputError(f"{self.path}: cannot create it ({error.strerror or error})") from None
         self._take_lock()
+        self._remove_temporaries()
         if overwrite and ours:
             self._clear()
+
+    def _remove_temporaries(self) -> None:
+        """Delete what a run killed inside write_text_atomically left (`.<name>.<random>.tmp`, never
+        renamed into place); the lock says that no other run is writing one now."""
+        for name in (MANIFEST_NAME, FAILED_NAME):
+            for leftover in self.path.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     def _take_lock(self) -> None:
         handle = open(self.path / LOCK_NAME, "a+", encoding="utf-8")

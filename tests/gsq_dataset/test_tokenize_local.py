@@ -8,6 +8,7 @@ import io
 import json
 import linecache
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,39 @@ def test_local_run_every_id_once_with_labels_failures_and_eager_tokens(ours, pho
         codes = tokenizer.encode(torch.from_numpy(images)).numpy()
     np.testing.assert_array_equal(np.stack([s.codes for s in samples]).astype(np.int64), codes)
     assert summary.executor == "local" and summary.tokenized == 14 and summary.failed == 1
+
+
+def test_a_sample_the_local_runtime_refuses_is_listed_failed_and_the_rest_tokenized(photos, tiny_model, tmp_path,
+                                                                                 monkeypatch):
+    """The local executor's tokenizer failures reach _failed.jsonl (as its decode failures do): a
+    runtime that refuses an all-white image fails that sample alone, with the runtime's reason."""
+    import gsq_dataset.local
+    from gsq_core.errors import InputError as Refused
+
+    source = tmp_path / "photos"
+    shutil.copytree(photos, source)
+    save(np.full((64, 64, 3), 255, np.uint8), source / "chelsea" / "white.png")
+    real_load = gsq_dataset.local.load_tokenizer_runtime
+
+    def refusing_load(*args, **kwargs):
+        runtime = real_load(*args, **kwargs)
+        real_encode = runtime.encode
+
+        def encode(images: np.ndarray) -> np.ndarray:
+            if (images == 1.0).all(axis=(1, 2, 3)).any():
+                raise Refused("an all-white image")
+            return real_encode(images)
+
+        runtime.encode = encode
+        return runtime
+
+    monkeypatch.setattr(gsq_dataset.local, "load_tokenizer_runtime", refusing_load)
+    out = tmp_path / "tokens"
+    summary = tokenize(tiny_model, source, out, executor="local")
+    failed = {entry["id"]: entry["reason"] for entry in map(json.loads, (out / "_failed.jsonl").read_text().splitlines())}
+    assert set(failed) == {"coffee/corrupt.jpg", "chelsea/white.png"} and "all-white" in failed["chelsea/white.png"]
+    assert {s.id for s in read_tokens(out)} == expected_ids(photos)
+    assert summary.tokenized == 14 and summary.failed == 2
 
 
 def test_local_run_reports_every_stage_and_its_bound_in_summary_and_manifest(ours):

@@ -113,6 +113,7 @@ def committed_state(dst: Path) -> dict[str, Any]:
         "failures": OutputFolder(dst).failures(),
         "staging_left": (dst / "_staging").exists(),
         "stray_parquet": sorted(p.name for p in dst.glob("*.parquet") if p.name not in shards),
+        "stray_temporary": sorted(p.name for p in dst.glob(".*.tmp")),  # a write killed before its rename
     }
 
 
@@ -121,6 +122,7 @@ EXPECTED_STATE = {
     "failures": EXPECTED_FAILURES,
     "staging_left": False,
     "stray_parquet": [],
+    "stray_temporary": [],
 }
 
 
