@@ -19,7 +19,7 @@ from types import CodeType, ModuleType
 PREFIX = "gsq_deploy."
 
 
-class CheckoutAliases(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+class CheckoutAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds `gsq_deploy.<folder>...` and answers it with the module `<folder>...` of the checkout at
     `root`, importing that module (from `root`, whatever sys.path holds) if it is not loaded yet."""
 
@@ -61,10 +61,6 @@ class CheckoutAliases(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader)
         spec = importlib.util.find_spec(name)
         return spec.loader.get_code(name) if spec is not None and spec.loader is not None else None
 
-    def get_source(self, fullname: str) -> str | None:
-        module = self.real_module(self.real_name(fullname) or fullname)
-        return module.__loader__.get_source(module.__name__)
-
     def real_module(self, name: str) -> ModuleType:
         """The checkout's module `name`, its top-level folder loaded from `root` first."""
         top = name.split(".")[0]
@@ -94,8 +90,5 @@ class CheckoutAliases(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader)
 
 
 def install_aliases(root: Path, folders: tuple[str, ...]) -> None:
-    """Put the checkout's finder first on sys.meta_path (once per root)."""
-    for finder in sys.meta_path:
-        if isinstance(finder, CheckoutAliases) and finder.root == root:
-            return
+    """Put the checkout's finder first on sys.meta_path (gsq_deploy/__init__.py runs once a process)."""
     sys.meta_path.insert(0, CheckoutAliases(root, folders))

@@ -34,6 +34,53 @@ def expected_vectors(name: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default tokenizer (eager); tests must not change it."""
+    from gsq_core import load_tokenizer
+
+    return load_tokenizer("default")
+
+
+@pytest.fixture(scope="session")
+def default_onnx(tmp_path_factory, default_model) -> Path:
+    """The default model's tokenize and detokenize graphs (fp32, unvalidated), exported once per session:
+    read-only; copy it before tampering."""
+    from gsq_deploy.exporters.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("default-onnx") / "default-onnx"
+    export_onnx(default_model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
+    return out
+
+
+def gradient(height: int, width: int):
+    """An RGB PIL image whose pixels tell where they came from (row, column, a mix)."""
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:height, 0:width]
+    pixels = np.stack([rows * 255 // max(1, height - 1), cols * 255 // max(1, width - 1), (rows * 7 + cols * 3) % 256], -1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def token_table(ids: list[str], num_embed: int = 1024):
+    """A pyarrow table of token rows in gsq-tokenize's schema: 2x2 grids of G=4, row i filled with i."""
+    import pyarrow as pa
+
+    from gsq_dataset.tokens import token_schema
+
+    grids = [np.full(2 * 2 * 4, i % num_embed, np.int16) for i in range(len(ids))]
+    return pa.table(
+        {
+            "id": ids,
+            "label": [None] * len(ids),
+            "tokens": pa.array([g.tolist() for g in grids], pa.list_(pa.int16())),
+            "token_height": pa.array([2] * len(ids), pa.int32()),
+            "token_width": pa.array([2] * len(ids), pa.int32()),
+        },
+        schema=token_schema(num_embed),
+    )
+
+
 def tiny_gsq_model():
     """A fast GSQ tokenizer with random weights (hidden 32, no res blocks, V=256, G=4 x d=2, l2):
     for tests of the exported graphs and their runtimes, not of fidelity."""

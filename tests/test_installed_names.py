@@ -173,10 +173,10 @@ def test_in_a_checkout_gsq_deploy_names_are_the_top_level_folders():
         importlib.import_module("gsq_deploy.runtimes.no_such_backend")
 
 
-def checkout_python(cwd: Path, code: str) -> subprocess.CompletedProcess:
+def checkout_python(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
     """A fresh interpreter in `cwd` that finds the checkout through PYTHONPATH (its first entry)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, *code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_in_a_checkout_the_installed_names_work_from_any_folder(tmp_path):

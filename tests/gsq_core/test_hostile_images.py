@@ -8,7 +8,6 @@ outputs with one name) and tracebacks (decompression bombs) are the cases kept h
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from tests.hostile_support import (
 )
 from PIL import Image
 
-from gsq_core import InputError, load_tokenizer
+from gsq_core import InputError
 from gsq_core.images import (
     decode_image,
     float_to_uint8,
@@ -36,22 +35,8 @@ from gsq_core.images import (
 )
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_tokenizer("default")
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, model):
-    from gsq_deploy.exporters.onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("hostile-images") / "default-onnx"
-    export_onnx(model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
-    return out
-
-
 # -- modes: scaled, never clipped --------------------------------------------------------------------------
-def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path, model):
+def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path, default_model):
     grey = grey_photo()
     eight = save(tmp_path / "g8.png", grey)
     sixteen = save(tmp_path / "g16.png", grey.astype(np.uint16) * 257)  # the same picture in 16 bits
@@ -59,8 +44,8 @@ def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path, model):
     loaded16, loaded8 = read_image(sixteen), read_image(eight)
     np.testing.assert_allclose(loaded16.pixels, loaded8.pixels, atol=1e-6)
     assert any("16-bit" in note and "scaled" in note for note in loaded16.notes)
-    codes16 = model.encode(torch.from_numpy(loaded16.pixels[None]))
-    codes8 = model.encode(torch.from_numpy(loaded8.pixels[None]))
+    codes16 = default_model.encode(torch.from_numpy(loaded16.pixels[None]))
+    codes8 = default_model.encode(torch.from_numpy(loaded8.pixels[None]))
     assert (codes16 == codes8).float().mean() > 0.99  # clipping matched 0.4% of positions
 
 
@@ -215,13 +200,13 @@ def test_bytes_entry_point_matches_the_file_reader(tmp_path):
 
 
 # -- the range contract of encode ----------------------------------------------------------------------------
-def test_encode_refuses_0_255_floats_with_the_fix(model, onnx_dir):
+def test_encode_refuses_0_255_floats_with_the_fix(default_model, default_onnx):
     from gsq_deploy.runtimes import load_runtime
 
     pixels = photo().transpose(2, 0, 1)[None].astype(np.float32)  # 0..255, the classic mistake
-    runtimes = [load_runtime("torch", "default"), load_runtime("onnx", onnx_dir)]
+    runtimes = [load_runtime("torch", "default"), load_runtime("onnx", default_onnx)]
     with pytest.raises(InputError, match=r"uint8 / 127\.5 - 1.*0\.\.255"):
-        model.encode(torch.from_numpy(pixels))
+        default_model.encode(torch.from_numpy(pixels))
     for runtime in runtimes:
         with pytest.raises(InputError, match=r"uint8 / 127\.5 - 1.*0\.\.255"):
             runtime.encode(pixels)
@@ -235,46 +220,46 @@ def test_encode_refuses_0_255_floats_with_the_fix(model, onnx_dir):
         (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 7, -np.inf, x), "infinite"),
     ],
 )
-def test_encode_refuses_other_out_of_range_values(model, onnx_dir, make, message):
+def test_encode_refuses_other_out_of_range_values(default_model, default_onnx, make, message):
     from gsq_deploy.runtimes import load_runtime
 
     pixels = make(uint8_to_float(photo())[None]).astype(np.float32)
     with pytest.raises(InputError, match=message):
-        model.encode(torch.from_numpy(pixels))
+        default_model.encode(torch.from_numpy(pixels))
     with pytest.raises(InputError, match=message):
-        load_runtime("onnx", onnx_dir).encode(pixels)
+        load_runtime("onnx", default_onnx).encode(pixels)
 
 
-def test_rounding_outside_the_range_is_accepted_and_training_is_not_checked(model):
+def test_rounding_outside_the_range_is_accepted_and_training_is_not_checked(default_model):
     clean = torch.from_numpy(uint8_to_float(photo())[None])
     clean[0, 0, 0, 0] = 1.0
     pixels = clean.clone()
     pixels[0, 0, 0, 0] = 1.0 + 5e-4  # fp16-sized rounding of that white pixel
     with torch.no_grad():
-        rounded, exact = model.encode(pixels), model.encode(clean)
+        rounded, exact = default_model.encode(pixels), default_model.encode(clean)
     assert rounded.shape == exact.shape
     assert (rounded == exact).float().mean() > 0.99  # one pixel 5e-4 off moves at most a near-tie
     augmented = pixels * 1.05  # a training augmentation may step outside [-1, 1]
     with pytest.raises(InputError, match="outside"):
-        model.encode(augmented)  # refused at inference...
-    model.train()
+        default_model.encode(augmented)  # refused at inference...
+    default_model.train()
     try:
         with torch.no_grad():
-            out = model(augmented)  # ...not in training
+            out = default_model(augmented)  # ...not in training
     finally:
-        model.eval()
+        default_model.eval()
     assert out.reconstruction.shape == augmented.shape and torch.isfinite(out.reconstruction).all()
     assert out.codes.shape == exact.shape
 
 
 # -- 1x1 grids --------------------------------------------------------------------------------------------
-def test_one_token_grid_is_refused_by_eager_decode(model):
-    codes = torch.zeros(1, 1, 1, model.num_group, dtype=torch.long)
+def test_one_token_grid_is_refused_by_eager_decode(default_model):
+    codes = torch.zeros(1, 1, 1, default_model.num_group, dtype=torch.long)
     with pytest.raises(InputError, match="at least 2 tokens"):
-        model.decode(codes)
-    assert torch.isfinite(model.decode(torch.zeros(1, 1, 2, model.num_group, dtype=torch.long))).all()
+        default_model.decode(codes)
+    assert torch.isfinite(default_model.decode(torch.zeros(1, 1, 2, default_model.num_group, dtype=torch.long))).all()
     with pytest.raises(InputError, match="empty"):
-        model.decode(torch.zeros(1, 0, 3, model.num_group, dtype=torch.long))
+        default_model.decode(torch.zeros(1, 0, 3, default_model.num_group, dtype=torch.long))
 
 
 # -- the CLIs -------------------------------------------------------------------------------------------------
@@ -312,12 +297,13 @@ def test_roundtrip_refuses_an_output_that_is_its_input_even_with_overwrite(tmp_p
     assert source.read_bytes() == before
 
 
-def test_every_cli_answers_a_bomb_in_one_line(tmp_path, onnx_dir):
+def test_every_cli_answers_a_bomb_in_one_line(tmp_path, default_onnx):
     bomb = tmp_path / "images" / "bomb.png"
     bomb.parent.mkdir()
     bomb.write_bytes(png_header_only(100_000, 100_000))
     calls = {
-        "encode": ["-m", "runtimes.onnx", "encode", "--model", str(onnx_dir), "--output", str(tmp_path / "t.npz"), str(bomb)],
+        "encode": ["-m", "runtimes.onnx", "encode", "--model", str(default_onnx), "--output", str(tmp_path / "t.npz"),
+                   str(bomb)],
         "roundtrip": ["-m", "gsq_core", "roundtrip", "--out", str(tmp_path / "rt"), str(bomb)],
         "compare": ["benchmarks/compare.py", "--ckpt", "default", "--images", str(bomb), "--backends", "torch",
                     "--out", str(tmp_path / "cmp")],
@@ -331,11 +317,11 @@ def test_every_cli_answers_a_bomb_in_one_line(tmp_path, onnx_dir):
     assert not (tmp_path / "cmp" / "report.json").exists()
 
 
-def test_encode_cli_scales_16bit_and_notes_it(tmp_path, onnx_dir):
+def test_encode_cli_scales_16bit_and_notes_it(tmp_path, default_onnx):
     grey = grey_photo()
     eight, sixteen = save(tmp_path / "g8.png", grey), save(tmp_path / "g16.png", grey.astype(np.uint16) * 257)
-    result = run_cli(["-m", "runtimes.onnx", "encode", "--model", str(onnx_dir), "--output", str(tmp_path / "t.npz"),
-                      str(eight), str(sixteen)])
+    result = run_cli(["-m", "runtimes.onnx", "encode", "--model", str(default_onnx), "--output",
+                      str(tmp_path / "t.npz"), str(eight), str(sixteen)])
     assert result.returncode == 0, result.stderr
     assert "16-bit greyscale" in result.stderr
     with np.load(tmp_path / "t.npz") as tokens:

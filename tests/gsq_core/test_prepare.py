@@ -6,16 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import gradient
 
 from gsq_core.errors import InputError
 from gsq_core.prepare import adm_center_crop, sample_photo, sample_photos
-
-
-def gradient(height: int, width: int) -> Image.Image:
-    """An RGB image whose pixels tell where they came from."""
-    rows, cols = np.mgrid[0:height, 0:width]
-    pixels = np.stack([rows * 255 // max(1, height - 1), cols * 255 // max(1, width - 1), (rows * 7 + cols * 3) % 256], -1)
-    return Image.fromarray(pixels.astype(np.uint8))
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ pa = pytest.importorskip("pyarrow", reason="gsq-tokenize needs pyarrow: pip inst
 import pyarrow.parquet as pq  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
-from tests.conftest import tiny_gsq_model  # noqa: E402
+from tests.conftest import tiny_gsq_model, token_table  # noqa: E402
 
 from gsq_core import load_tokenizer  # noqa: E402
 from gsq_core.errors import InputError  # noqa: E402
@@ -33,7 +33,6 @@ from gsq_dataset.job import TokenizeConfig, choose_executor, run_tokenize  # noq
 from gsq_dataset.output import OutputFolder  # noqa: E402
 from gsq_dataset.preprocess import model_input, preprocess_file  # noqa: E402
 from gsq_dataset.samples import sample_key  # noqa: E402
-from gsq_dataset.tokens import token_schema  # noqa: E402
 from gsq_dataset.work import StageClock  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -358,36 +357,22 @@ def test_jsonl_output_reads_with_titoks_read_path(tiny_model, photos, ours, tmp_
         np.testing.assert_array_equal(tokens.numpy(), expected.codes)
 
 
-def token_rows(ids: list[str]) -> pa.Table:
-    grids = [np.full(2 * 2 * 4, i, np.int16) for i in range(len(ids))]
-    return pa.table(
-        {
-            "id": ids,
-            "label": [None] * len(ids),
-            "tokens": pa.array([g.tolist() for g in grids], pa.list_(pa.int16())),
-            "token_height": pa.array([2] * len(ids), pa.int32()),
-            "token_width": pa.array([2] * len(ids), pa.int32()),
-        },
-        schema=token_schema(1024),
-    )
-
-
 @pytest.mark.parametrize("fmt", ["ours", "flexgen", "jsonl"])
 def test_commit_keeps_every_id_once_in_every_format(fmt, tmp_path):
     folder = OutputFolder(tmp_path / "dst", fmt)
     folder.open(overwrite=False)
     (folder.path / "_manifest.json").write_text(json.dumps({"format": "gsq-tokens"}))
     run = folder.new_run_dir()
-    pq.write_table(token_rows(["a", "b"]), run / "shards" / "one.parquet")
-    pq.write_table(token_rows(["b", "c"]), run / "shards" / "two.parquet")  # "b" again: a retried writer
+    pq.write_table(token_table(["a", "b"]), run / "shards" / "one.parquet")
+    pq.write_table(token_table(["b", "c"]), run / "shards" / "two.parquet")  # "b" again: a retried writer
     cut = run / "shards" / "three.parquet"
-    pq.write_table(token_rows(["d"]), cut)
+    pq.write_table(token_table(["d"]), cut)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a writer killed mid-file
     result = folder.commit_staging()
     assert (result.rows, result.dropped_partial, result.dropped_duplicates) == (3, 1, 1)
     assert sorted(folder.committed_ids()) == ["a", "b", "c"]
     run = folder.new_run_dir()  # a later run that staged a committed id again
-    pq.write_table(token_rows(["c", "e"]), run / "shards" / "four.parquet")
+    pq.write_table(token_table(["c", "e"]), run / "shards" / "four.parquet")
     folder.commit_staging()
     assert sorted(folder.committed_ids()) == ["a", "b", "c", "e"]  # once each
     assert folder.counts()["tokenized"] == 4

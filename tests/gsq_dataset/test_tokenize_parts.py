@@ -13,21 +13,15 @@ from PIL import Image
 
 pa = pytest.importorskip("pyarrow", reason="gsq-tokenize needs pyarrow: pip install 'gsq-deploy[dataset]'")
 import pyarrow.parquet as pq  # noqa: E402
+from tests.conftest import gradient, token_table  # noqa: E402
 
 from gsq_core.errors import InputError  # noqa: E402
 from gsq_dataset.inputs import expand_ranges, find_inputs  # noqa: E402
 from gsq_dataset.output import OutputError, OutputFolder  # noqa: E402
 from gsq_dataset.preprocess import adm_center_crop, model_input, parse_size, preprocess_bytes, preprocess_image  # noqa: E402
 from gsq_dataset.resources import NodeResources, plan_workers, runtime_options  # noqa: E402
-from gsq_dataset.tokens import read_tokens, token_dtype, token_schema  # noqa: E402
+from gsq_dataset.tokens import read_tokens, token_dtype  # noqa: E402
 from gsq_deploy.runtimes import runtime_class  # noqa: E402
-
-
-def gradient(height: int, width: int) -> Image.Image:
-    """An RGB image whose pixels tell where they came from (row, column, a mix)."""
-    rows, cols = np.mgrid[0:height, 0:width]
-    pixels = np.stack([rows * 255 // max(1, height - 1), cols * 255 // max(1, width - 1), (rows * 7 + cols * 3) % 256], -1)
-    return Image.fromarray(pixels.astype(np.uint8))
 
 
 # -- preprocessing -------------------------------------------------------------------------------------
@@ -123,19 +117,6 @@ def test_the_output_folder_is_never_an_input(tmp_path):
 
 
 # -- the output folder ---------------------------------------------------------------------------------
-def token_table(ids: list[str], num_embed: int = 1024) -> pa.Table:
-    grids = [np.full(2 * 2 * 4, i % num_embed, np.int16) for i in range(len(ids))]
-    return pa.table(
-        {
-            "id": ids,
-            "label": [None] * len(ids),
-            "tokens": pa.array([g.tolist() for g in grids], pa.list_(pa.int16())),
-            "token_height": pa.array([2] * len(ids), pa.int32()),
-            "token_width": pa.array([2] * len(ids), pa.int32()),
-        },
-        schema=token_schema(num_embed),
-    )
-
 
 def test_commit_keeps_complete_shards_once_and_drops_partial_ones(tmp_path):
     folder = OutputFolder(tmp_path / "dst")

@@ -21,25 +21,11 @@ from gsq_deploy.runtimes.artifacts import ArtifactError, file_sha256, load_artif
 from gsq_deploy.runtimes.token_file import read_token_file
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_tokenizer("default")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, model):
-    from gsq_deploy.exporters.onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("hostile-artifacts") / "default-onnx"
-    export_onnx(model, out, graphs=("tokenize", "detokenize"), validate=False, progress=False)
-    return out
-
-
 @pytest.fixture
-def artifact(tmp_path, exported):
+def artifact(tmp_path, default_onnx):
     """A private copy of the export, free to be tampered with: (artifact folder, its manifest dict)."""
     folder = tmp_path / "work" / "artifact"
-    shutil.copytree(exported, folder)
+    shutil.copytree(default_onnx, folder)
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
@@ -159,17 +145,17 @@ def test_manifest_fields_of_the_wrong_type_are_one_line(artifact, tamper, fragme
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_lookup_section_accepts_new_fields(artifact, exported):
+def test_lookup_section_accepts_new_fields(artifact, default_onnx):
     folder, manifest = artifact
     manifest["lookup"].update(row_block=4096, method="blocked", options={"any": "thing"})  # a newer exporter's
     write_manifest(folder, manifest)
-    loaded, original = load_artifact(folder), load_artifact(exported)
+    loaded, original = load_artifact(folder), load_artifact(default_onnx)
     assert loaded.manifest["lookup"] == manifest["lookup"]  # kept as written, the new fields included
     assert loaded.lookup_scratch_bytes_per_vector == original.lookup_scratch_bytes_per_vector
     images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
     codes = load_runtime("onnx", folder).encode(images)
     assert codes.shape == (2, 8, 8, loaded.num_group)
-    np.testing.assert_array_equal(codes, load_runtime("onnx", exported).encode(images))  # runs as before
+    np.testing.assert_array_equal(codes, load_runtime("onnx", default_onnx).encode(images))  # runs as before
 
 
 def test_nested_and_oversized_manifests_are_one_line(artifact):
@@ -211,14 +197,14 @@ def decode_cli(model_dir, tokens, out):
     return run_cli(["-m", "runtimes.onnx", "decode", "--model", str(model_dir), "--tokens", str(tokens), "--output", str(out)])
 
 
-def test_npz_claiming_256_tib_is_refused_from_its_header(exported, tmp_path):
+def test_npz_claiming_256_tib_is_refused_from_its_header(default_onnx, tmp_path):
     tokens = tmp_path / "claims.npz"
     shape = (2**22, 2**11, 2**11, 4)  # 2**46 int64 ids: 256 TiB... x 8 bytes
     npz_with_raw_member(tokens, "codes", {"descr": "<i8", "fortran_order": False, "shape": shape}, b"\0" * 64)
     assert tokens.stat().st_size < 1000
     with pytest.raises(InputError, match="claims shape"):
         read_token_file(tokens)
-    result = decode_cli(exported, tokens, tmp_path / "out")
+    result = decode_cli(default_onnx, tokens, tmp_path / "out")
     assert_one_line_error(result, "claims shape", "TiB")
     assert not (tmp_path / "out").exists()
 
@@ -250,11 +236,11 @@ def test_pickled_paths_are_refused_without_unpickling(tmp_path):
         read_token_file(tokens)
 
 
-def test_a_valid_1024_grid_is_refused_before_decoding(exported, tmp_path):
+def test_a_valid_1024_grid_is_refused_before_decoding(default_onnx, tmp_path):
     tokens = tmp_path / "grid.npz"
     np.savez_compressed(tokens, codes=np.zeros((1, 1024, 1024, 32), np.int64))
     assert tokens.stat().st_size < 10**6
-    result = decode_cli(exported, tokens, tmp_path / "out")
+    result = decode_cli(default_onnx, tokens, tmp_path / "out")
     assert_one_line_error(result, "8192x8192", "GSQ_MEMORY_BUDGET")
     assert not (tmp_path / "out").exists()
 
@@ -270,7 +256,7 @@ def corrupt_last_grid(tokens, count: int) -> None:
 
 
 @pytest.mark.parametrize("damage", ["crc", "id-out-of-range"])
-def test_damage_in_the_last_grid_stops_decode_before_the_first_image(exported, tmp_path, damage):
+def test_damage_in_the_last_grid_stops_decode_before_the_first_image(default_onnx, tmp_path, damage):
     codes = np.random.default_rng(0).integers(0, 1024, (3, 4, 4, 32))
     if damage == "id-out-of-range":
         codes[2, 3, 3, 31] = 5000
@@ -279,13 +265,13 @@ def test_damage_in_the_last_grid_stops_decode_before_the_first_image(exported, t
     if damage == "crc":
         corrupt_last_grid(tokens, 3)
     out = tmp_path / "out"
-    result = run_cli(["-m", "runtimes.onnx", "decode", "--model", str(exported), "--tokens", str(tokens),
+    result = run_cli(["-m", "runtimes.onnx", "decode", "--model", str(default_onnx), "--tokens", str(tokens),
                       "--output", str(out), "--batch-size", "1"])
     assert_one_line_error(result, str(tokens))
     assert not out.exists() or files_under(out) == set()
 
 
-def test_fortran_order_codes_decode_like_c_order(exported, tmp_path):
+def test_fortran_order_codes_decode_like_c_order(default_onnx, tmp_path):
     codes = np.random.default_rng(1).integers(0, 1024, (2, 4, 4, 32))
     np.savez(tmp_path / "c.npz", codes=codes)
     np.savez(tmp_path / "f.npz", codes=np.asfortranarray(codes))
